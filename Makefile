@@ -1,0 +1,40 @@
+# Raven: set up, run the lab, run the tests. Run as root on Debian (bookworm or later).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+APT_PACKAGES := iproute2 iptables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping \
+	procps kmod openssl python3-venv ca-certificates
+STAMP := $(VENV)/.raven-installed
+
+.PHONY: setup lab lab-down test test-unit lint clean
+
+setup: $(STAMP)
+
+# apt is only asked when a package is missing, so a second `make` costs nothing.
+$(STAMP): pyproject.toml
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(APT_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/raven lab up
+
+lab-down: setup
+	$(VENV)/bin/raven lab down
+
+test: setup
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check raven agent gateway tests
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,1 @@
+"""raven-agent: the node agent (process entry, watch loop, role switching, member data path)."""

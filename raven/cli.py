@@ -1,0 +1,14 @@
+"""The operator's command line: ``raven lab …`` (and later ``raven status``, ``raven bench``)."""
+
+from __future__ import annotations
+
+import typer
+
+from raven.lab.cli import app as lab_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Raven: cross-pool pod connectivity.")
+app.add_typer(lab_app, name="lab", help="A multi-pool cluster in network namespaces on this machine.")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,82 @@
+"""Data-path values that the planner produces and the reconcilers apply.
+
+Plain frozen dataclasses, never pyroute2 messages, so the planner runs and is tested anywhere
+and two plans compare with ``==``. Everything sorts, so equal input gives equal output.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+#: Raven's own routing table, and the priority of the one rule that sends lookups to it.
+#: Both sit clear of the kernel's defaults (local 0, main 32766, default 32767) and of the
+#: ranges CNIs commonly use.
+DEFAULT_TABLE = 9027
+DEFAULT_RULE_PRIORITY = 9027
+#: The rtproto Raven stamps on its routes, so a restarted agent finds its own entries.
+RAVEN_RTPROTO = 149
+
+
+class Role(enum.StrEnum):
+    """What this node does for its pool."""
+
+    NONE = "none"  # not in any pool, or its pool cannot be served: Raven leaves it alone
+    MEMBER = "member"  # steers remote pools' CIDRs to the pool gateway
+    GATEWAY = "gateway"  # carries the pool's cross-pool traffic through WireGuard
+    RELAY = "relay"  # gateway of the relay pool: one peer per pool gateway
+
+
+@dataclass(frozen=True, order=True)
+class RouteSpec:
+    """One route in Raven's table. Identity: (table, dst)."""
+
+    dst: str  # CIDR, normalised (ipaddress.ip_network(..).with_prefixlen)
+    table: int = DEFAULT_TABLE
+    gateway: str | None = None  # next hop; None for a route straight into ``dev``
+    dev: str | None = None  # output interface by name; None lets the kernel pick by gateway
+    onlink: bool = False
+    mtu: int | None = None
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.table, self.dst)
+
+
+@dataclass(frozen=True, order=True)
+class RuleSpec:
+    """One policy rule: lookups at ``priority`` go to ``table``. Identity: (priority, table)."""
+
+    priority: int = DEFAULT_RULE_PRIORITY
+    table: int = DEFAULT_TABLE
+    family: int = 4
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.family, self.priority, self.table)
+
+
+@dataclass(frozen=True, order=True)
+class PeerSpec:
+    """One WireGuard peer. Identity: the public key."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...] = ()  # sorted CIDRs
+    endpoint: str | None = None  # host:port to dial; None lets the peer find us (NAT'd edge)
+    persistent_keepalive: int = 0  # seconds, 0 = off
+
+    @property
+    def key(self) -> str:
+        return self.public_key
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything one node's data path should hold. Sorted tuples, compared whole."""
+
+    role: Role = Role.NONE
+    routes: tuple[RouteSpec, ...] = ()
+    rules: tuple[RuleSpec, ...] = ()
+    peers: tuple[PeerSpec, ...] = ()
+    forwarding: bool = False
+    problems: tuple[str, ...] = field(default=())  # human-readable reasons input was refused
