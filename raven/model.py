@@ -80,3 +80,7 @@ class DesiredState:
     peers: tuple[PeerSpec, ...] = ()
     forwarding: bool = False
     problems: tuple[str, ...] = field(default=())  # human-readable reasons input was refused
+    # Gateway/relay only (None elsewhere): the WireGuard device's UDP port (the pool's
+    # spec.tunnelPort) and MTU (underlay - WireGuard overhead, see raven.mtu).
+    listen_port: int | None = None
+    tunnel_mtu: int | None = None
