@@ -1,0 +1,156 @@
+"""Run the API server in-process for tests: ``with run_apiserver(tmp_path) as api: ...``.
+
+The server runs on loopback in a background thread with its own event loop. The handle gives the
+URL, token, CA certificate and a kubeconfig (for kubectl and the ``kubernetes`` client), and can
+``restart()`` the server on the same port and state directory to test persistence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes import client as k8s_client
+
+from raven.apiserver.kubeconfig import write_kubeconfig
+from raven.apiserver.pki import Pki, make_pki
+from raven.apiserver.server import ApiServer, ServerConfig
+
+
+@dataclass
+class ApiServerHandle:
+    state_dir: Path
+    host: str
+    port: int
+    history: int
+    pki: Pki
+    kubeconfig: Path
+    bookmark_interval: float = 5.0
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _server: ApiServer | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return self.pki.token
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki.ca_cert
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the API server is already running")
+        config = ServerConfig(
+            state_dir=self.state_dir,
+            host=self.host,
+            port=self.port,
+            cert=self.pki.server_cert,
+            key=self.pki.server_key,
+            token=self.token,
+            history=self.history,
+            bookmark_interval=self.bookmark_interval,
+        )
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        server_box: list[ApiServer] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                server = ApiServer(config)
+                loop.run_until_complete(server.start())
+                server_box.append(server)
+            except BaseException as e:  # reported to the starting thread below
+                failure.append(e)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.close()
+
+        thread = threading.Thread(target=run, name=f"raven-apiserver-{self.port}", daemon=True)
+        thread.start()
+        ready.wait(30)
+        if failure:
+            thread.join(5)
+            raise RuntimeError(f"the API server did not start: {failure[0]}") from failure[0]
+        if not server_box:
+            raise RuntimeError("the API server did not start within 30 s")
+        self._loop, self._thread, self._server = loop, thread, server_box[0]
+        self.port = server_box[0].port
+        write_kubeconfig(self.kubeconfig, self.url, self.ca_cert, self.token)
+
+    def stop(self) -> None:
+        if self._server is None or self._loop is None or self._thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop)
+        try:
+            future.result(15)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(15)
+            self._server = self._loop = self._thread = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and state directory."""
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def run_apiserver(
+    state_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    history: int = 1000,
+    bookmark_interval: float = 5.0,
+) -> Iterator[ApiServerHandle]:
+    """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``."""
+    state_dir = Path(state_dir)
+    pki_dir = state_dir / "pki"
+    if (pki_dir / "ca.crt").exists() and (pki_dir / "token").exists():
+        pki = Pki(
+            pki_dir / "ca.crt", pki_dir / "server.crt", pki_dir / "server.key", pki_dir / "token"
+        )
+    else:
+        pki = make_pki(pki_dir, [host])
+    handle = ApiServerHandle(
+        state_dir=state_dir,
+        host=host,
+        port=port,
+        history=history,
+        pki=pki,
+        kubeconfig=state_dir / "kubeconfig",
+        bookmark_interval=bookmark_interval,
+    )
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def api_client(handle: ApiServerHandle) -> k8s_client.ApiClient:
+    """A ``kubernetes`` client configured for the handle's server (token + lab CA)."""
+    config = k8s_client.Configuration()
+    config.host = handle.url
+    config.ssl_ca_cert = str(handle.ca_cert)
+    config.api_key = {"authorization": handle.token}
+    config.api_key_prefix = {"authorization": "Bearer"}
+    return k8s_client.ApiClient(config)

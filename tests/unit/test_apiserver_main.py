@@ -1,0 +1,128 @@
+"""``python -m raven.apiserver`` as the lab runs it: a subprocess that stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from raven.apiserver.pki import make_pki
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
+    pki = tmp_path / "pki"
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raven.apiserver",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--cert",
+            str(pki / "server.crt"),
+            "--key",
+            str(pki / "server.key"),
+            "--token-file",
+            str(pki / "token"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_ready(url: str, ca: Path, proc: subprocess.Popen) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.communicate()[1]}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", context=ctx, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail("server did not become ready")
+
+
+def _client(url: str, pki) -> client.ApiClient:
+    config = client.Configuration()
+    config.host = url
+    config.ssl_ca_cert = str(pki.ca_cert)
+    config.api_key = {"authorization": pki.token}
+    config.api_key_prefix = {"authorization": "Bearer"}
+    return client.ApiClient(config)
+
+
+def test_runs_stops_on_sigterm_and_keeps_state(tmp_path):
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"])
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
+    proc = _start(tmp_path, port, "--history", "10")
+    try:
+        _wait_ready(url, pki.ca_cert, proc)
+        with _client(url, pki) as api:
+            created = client.CoreV1Api(api).create_node({"metadata": {"name": "n1"}})
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert err == ""  # quiet by default: no per-request lines
+        proc = _start(tmp_path, port, "--log-level", "debug")
+        _wait_ready(url, pki.ca_cert, proc)
+        with _client(url, pki) as api:
+            v1 = client.CoreV1Api(api)
+            assert v1.read_node("n1").metadata.uid == created.metadata.uid
+            assert int(
+                v1.create_node({"metadata": {"name": "n2"}}).metadata.resource_version
+            ) > int(created.metadata.resource_version)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        assert "GET /api/v1/nodes/n1 200" in err  # one debug line per request
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "nonsense"], "--listen must be HOST:PORT"),
+        (["--listen", "127.0.0.1:1", "--token-file", "/nonexistent/token"], "--token-file"),
+    ],
+)
+def test_bad_arguments_are_named(tmp_path, args, message):
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"])
+    base = {
+        "--state-dir": str(tmp_path / "s"),
+        "--listen": "127.0.0.1:1",
+        "--cert": str(pki.server_cert),
+        "--key": str(pki.server_key),
+        "--token-file": str(pki.token_file),
+    }
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = [x for kv in base.items() for x in kv]
+    r = subprocess.run(
+        [sys.executable, "-m", "raven.apiserver", *argv], capture_output=True, text=True, timeout=20
+    )
+    assert r.returncode == 2 and message in r.stderr
