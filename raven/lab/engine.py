@@ -1,0 +1,435 @@
+"""Orchestration of ``raven lab up | status | down`` on top of the topology and the primitives.
+
+``up`` records every namespace, link, process and file in the state dir as it creates it;
+``down`` undoes those records, then sweeps anything named with the lab's prefix, so it also
+cleans up after a crash or a half-finished ``up``, and running it twice is harmless.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import shutil
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raven.apiserver.kubeconfig import write_kubeconfig
+from raven.lab import agents as lab_agents
+from raven.lab import apiserver_proc, netns
+from raven.lab.state import LabState, proc_start_time, stop_process
+from raven.lab.topology import (
+    API_PORT_IF,
+    BRIDGE_IF,
+    HOST_PORT_IF,
+    HOSTLINK_RANGE,
+    POD_IF,
+    POD_INNER_IF,
+    UPLINK_IF,
+    Lab,
+    host_if_name,
+    load_topology_file,
+    parse_topology,
+    resolve,
+)
+
+DEFAULT_STATE_DIR = Path("/run/raven-lab")
+DEFAULT_PREFIX = "rl"
+DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "netns-lab" / "three-pools.yaml"
+CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+WG_SOCKET_DIR = Path("/var/run/wireguard")
+HOST_KUBECONFIG = "kubeconfig"  # for the operator on the host (API server's host-link address)
+NODE_KUBECONFIG = lab_agents.NODE_KUBECONFIG  # agents reach the API server over the Internet
+# Files and directories the lab writes in its state dir; `down` removes exactly these.
+STATE_ENTRIES = (
+    "lab.json",
+    "lab.tmp",
+    "pki",
+    "apiserver",
+    "apiserver.log",
+    "agents",
+    HOST_KUBECONFIG,
+    NODE_KUBECONFIG,
+)
+
+
+class LabError(RuntimeError):
+    """A lab operation refused or failed; the message says what to do."""
+
+
+@dataclass
+class Settings:
+    state_dir: Path = DEFAULT_STATE_DIR
+    prefix: str = DEFAULT_PREFIX
+    apiserver_timeout: float = 20.0
+
+
+@dataclass
+class UpResult:
+    lab: Lab
+    kubeconfig: Path | None
+    api_url: str | None
+    seconds: float
+    agents: list[str] = field(default_factory=list)
+
+
+def agent_executable() -> Path:
+    # RAVEN_LAB_AGENT overrides the venv's console script (to try an agent build elsewhere)
+    override = os.environ.get("RAVEN_LAB_AGENT")
+    return Path(override) if override else Path(sys.executable).parent / "raven-agent"
+
+
+def agent_problem() -> str | None:
+    """Why agents cannot be started, or None when they can."""
+    exe = agent_executable()
+    if not exe.exists():
+        return f"{exe} does not exist"
+    if not os.access(exe, os.X_OK):
+        return f"{exe} is not executable"
+    if os.environ.get("RAVEN_LAB_AGENT"):
+        return None  # another agent build: its own imports are its business
+    try:
+        if importlib.util.find_spec("agent.main") is None:
+            return "module agent.main cannot be imported"
+    except ImportError as e:
+        return f"module agent.main cannot be imported ({e})"
+    return None
+
+
+def _hostlink_subnet(prefix: str) -> ipaddress.IPv4Network:
+    """A /30 in 198.19.0.0/16 for this prefix's host<->API server veth, skipping ranges in use."""
+    used = [i.network for i in netns.host_addresses()] + netns.host_routes()
+    count = HOSTLINK_RANGE.num_addresses // 4
+    start = zlib.crc32(prefix.encode()) % count
+    for k in range(count):
+        base = int(HOSTLINK_RANGE.network_address) + 4 * ((start + k) % count)
+        net = ipaddress.IPv4Network((base, 30))
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+            return net
+    raise LabError(f"no free /30 left in {HOSTLINK_RANGE} for the lab's host link")
+
+
+def _existing(prefix: str) -> list[str]:
+    found = [n for n in netns.list_netns() if n.startswith(prefix + "-")]
+    if host_if_name(prefix) in netns.link_names(None):
+        found.append(host_if_name(prefix))
+    return found
+
+
+def up(
+    topology_file: Path | None,
+    settings: Settings,
+    *,
+    agents: bool,
+    apiserver: bool = True,
+    log: Any = print,
+) -> UpResult:
+    """Build the lab. Refuses (creating nothing) on a bad topology, a running lab or no agent."""
+    t0 = time.monotonic()
+    spec = load_topology_file(topology_file or DEFAULT_TOPOLOGY)
+    lab = resolve(spec, settings.prefix)
+    if agents and (why := agent_problem()):
+        raise LabError(
+            f"cannot start agents: {why}. Run `raven lab up --no-agents` to build the "
+            "lab without them."
+        )
+    if apiserver and not apiserver_proc.apiserver_available():
+        raise LabError("the lab API server (python -m raven.apiserver) is not installed")
+    state_dir = settings.state_dir
+    if LabState.load(state_dir) is not None:
+        raise LabError(f"a lab is already up (state in {state_dir}); run `raven lab down` first")
+    if leftovers := _existing(settings.prefix):
+        raise LabError(
+            f"lab prefix {settings.prefix!r} is in use ({', '.join(leftovers[:5])}); "
+            "run `raven lab down` first or choose another RAVEN_LAB_PREFIX"
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    st = LabState(
+        path=state_dir / "lab.json",
+        prefix=settings.prefix,
+        topology=str(topology_file or DEFAULT_TOPOLOGY),
+        started_at=time.time(),
+    )
+    # the resolved topology travels with the state, so `status` does not depend on the file
+    st.info["spec"] = spec.model_dump(mode="json", by_alias=True)
+    st.save()
+    try:
+        _build_network(lab, st)
+        result = UpResult(lab=lab, kubeconfig=None, api_url=None, seconds=0.0)
+        if apiserver:
+            _start_apiserver(lab, st, state_dir, settings, result)
+        if agents:
+            result.agents = _start_agents(lab, st, state_dir)
+    except BaseException:
+        # Roll back, so a failed `up` leaves nothing behind (a crash that skips this is
+        # what `raven lab down` is for).
+        log("lab up failed; removing what was built")
+        for warning in down(settings, log=log):
+            log(f"warning: {warning}")
+        raise
+    st.phase = "up"
+    st.save()
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _build_network(lab: Lab, st: LabState) -> None:
+    for ns in lab.all_netns():
+        st.add("netns", name=ns)  # recorded first: a crash between the two still gets swept
+        netns.create_netns(ns)
+
+    # The Internet segment: a bridge in its own namespace; the API server plugs into it.
+    netns.add_bridge(lab.inet_netns, BRIDGE_IF)
+    netns.add_veth(lab.api_netns, UPLINK_IF, lab.inet_netns, API_PORT_IF)
+    netns.set_master(lab.inet_netns, API_PORT_IF, BRIDGE_IF)
+    netns.add_address(lab.api_netns, UPLINK_IF, lab.api_ip, lab.internet.prefixlen)
+
+    # The host's one way in: a /30 veth to the API server namespace. The connected /30 is the
+    # only route the host gets; the API namespace does not forward, so the host sees nothing else.
+    hostnet = _hostlink_subnet(lab.prefix)
+    host_ip, api_host_ip = hostnet[1], hostnet[2]
+    st.add("hostlink", ifname=lab.host_if, subnet=str(hostnet))
+    netns.add_veth(None, lab.host_if, lab.api_netns, HOST_PORT_IF)
+    netns.disable_ipv6(lab.host_if)  # no link-local address on the host side either
+    netns.add_address(None, lab.host_if, host_ip, 30)
+    netns.add_address(lab.api_netns, HOST_PORT_IF, api_host_ip, 30)
+    st.info["host_ip"] = str(host_ip)
+    st.info["api_host_ip"] = str(api_host_ip)
+    st.save()
+
+    # NAT routers: a public leg on the Internet switch, a LAN bridge, MASQUERADE out the public leg.
+    for r in lab.routers:
+        netns.add_veth(r.netns, UPLINK_IF, lab.inet_netns, r.port)
+        netns.set_master(lab.inet_netns, r.port, BRIDGE_IF)
+        netns.add_address(r.netns, UPLINK_IF, r.public_ip, lab.internet.prefixlen)
+        netns.add_bridge(r.netns, BRIDGE_IF)
+        netns.add_address(r.netns, BRIDGE_IF, r.lan_ip, r.lan.prefixlen)
+        netns.enable_forwarding(r.netns)
+        netns.add_masquerade(r.netns, f"{lab.prefix.upper()}-MASQ", r.lan, UPLINK_IF)
+
+    # Nodes and their pods; the lab plays CNI: host routes to local pods, and routes to the other
+    # nodes' pod CIDRs of the same pool. Nothing routes pod CIDRs between pools.
+    for n in lab.nodes:
+        netns.add_veth(n.netns, UPLINK_IF, n.switch_netns, n.name)
+        netns.set_master(n.switch_netns, n.name, BRIDGE_IF)
+        netns.add_address(n.netns, UPLINK_IF, n.ip, n.prefixlen)
+        if n.gateway is not None:
+            netns.add_route(n.netns, "default", gateway=n.gateway)
+        netns.enable_forwarding(n.netns)
+        netns.add_veth(n.netns, POD_IF, n.pod.netns, POD_INNER_IF)
+        netns.add_address(n.netns, POD_IF, n.pod_gateway, 32)
+        netns.add_route(n.netns, f"{n.pod.ip}/32", ifname=POD_IF)
+        netns.add_address(n.pod.netns, POD_INNER_IF, n.pod.ip, 32)
+        netns.add_route(n.pod.netns, f"{n.pod_gateway}/32", ifname=POD_INNER_IF)
+        netns.add_route(n.pod.netns, "default", gateway=n.pod_gateway, ifname=POD_INNER_IF)
+        for other in lab.nodes:
+            if other.pool == n.pool and other.name != n.name:
+                netns.add_route(n.netns, str(other.pod_cidr), gateway=other.ip)
+
+
+def _start_apiserver(
+    lab: Lab, st: LabState, state_dir: Path, settings: Settings, result: UpResult
+) -> None:
+    api_host_ip = st.info["api_host_ip"]
+    pki = apiserver_proc.make_lab_pki(
+        state_dir / "pki", [str(lab.api_ip), api_host_ip, "localhost"]
+    )
+    log_file = state_dir / "apiserver.log"
+    proc = apiserver_proc.start(lab, pki, state_dir=state_dir / "apiserver", log_file=log_file)
+    st.add(
+        "process",
+        role="apiserver",
+        name="apiserver",
+        pid=proc.pid,
+        start_time=proc_start_time(proc.pid),
+        netns=lab.api_netns,
+    )
+    host_url = f"https://{api_host_ip}:{lab.api_port}"
+    node_url = f"https://{lab.api_ip}:{lab.api_port}"
+    apiserver_proc.wait_ready(
+        host_url, pki.ca_cert, proc, timeout=settings.apiserver_timeout, log_file=log_file
+    )
+    kubeconfig = write_kubeconfig(state_dir / HOST_KUBECONFIG, host_url, pki.ca_cert, pki.token)
+    write_kubeconfig(state_dir / NODE_KUBECONFIG, node_url, pki.ca_cert, pki.token)
+    st.info.update(
+        kubeconfig=str(kubeconfig),
+        node_kubeconfig=str(state_dir / NODE_KUBECONFIG),
+        api_url=host_url,
+        api_node_url=node_url,
+    )
+    st.save()
+    apiserver_proc.register_nodes(lab, kubeconfig)
+    st.info["crds"] = apiserver_proc.install_crds(kubeconfig, CRD_DIR)
+    st.info["gateways"] = apiserver_proc.create_gateways(lab, kubeconfig)
+    st.save()
+    result.kubeconfig, result.api_url = kubeconfig, host_url
+
+
+def _start_agents(lab: Lab, st: LabState, state_dir: Path) -> list[str]:
+    for node in lab.nodes:
+        lab_agents.start(lab, st, state_dir, node, agent_executable())
+    return [n.name for n in lab.nodes]
+
+
+def down(settings: Settings, *, log: Any = print) -> list[str]:
+    """Remove everything the lab made; safe after a crash and when nothing is there. Returns
+    a list of warnings (things found that the lab did not record and so left alone)."""
+    warnings: list[str] = []
+    st = LabState.load(settings.state_dir)
+    prefix = st.prefix if st else settings.prefix
+
+    # 1. processes, by recorded PID only (agents first: they talk to the API server)
+    procs = st.of_kind("process") if st else []
+    for rec in sorted(procs, key=lambda r: r["role"] != "agent"):
+        if stop_process(int(rec["pid"]), rec.get("start_time")):
+            log(f"stopped {rec['role']} {rec['name']} (pid {rec['pid']})")
+
+    # 2. namespaces: recorded ones and any others named with the prefix. WireGuard links are
+    #    deleted first so a wireguard-go left behind by a crashed agent exits on its own.
+    names = {r["name"] for r in (st.of_kind("netns") if st else [])}
+    names |= {n for n in netns.list_netns() if n.startswith(prefix + "-")}
+    for ns in sorted(names):
+        if ns not in netns.list_netns():
+            continue
+        try:
+            for ifname in netns.link_names(ns):
+                if ifname.startswith(f"{prefix}wg"):
+                    netns.delete_link(ns, ifname)
+        except Exception as e:  # noqa: BLE001 -- a broken namespace must not stop the teardown
+            warnings.append(f"could not list links in {ns}: {e}")
+        stranded = netns.ns_pids(ns)
+        if stranded:
+            warnings.append(
+                f"namespace {ns} still has processes the lab did not record: "
+                f"{stranded} (left running)"
+            )
+        netns.remove_netns(ns)
+
+    # 3. the host veth (normally gone with the API namespace; a crash could leave it alone)
+    if netns.delete_link(None, host_if_name(prefix)):
+        log(f"removed host link {host_if_name(prefix)}")
+
+    # 4. stale WireGuard sockets of this lab's interface names whose owner has gone
+    if WG_SOCKET_DIR.is_dir():
+        for sock in WG_SOCKET_DIR.glob(f"{prefix}wg*.sock"):
+            if sock.stem[len(prefix) + 2 :].isdigit() and sock.stem not in _live_wg_names():
+                sock.unlink(missing_ok=True)
+
+    # 5. files the lab wrote, then the state dir itself if that leaves it empty
+    _remove_state_files(settings.state_dir)
+    return warnings
+
+
+def _live_wg_names() -> set[str]:
+    # A wireguard-go still running for a name shows up as a link in some namespace we can't see
+    # cheaply; its socket accepts connections. Treat connectable sockets as live.
+    import socket
+
+    live = set()
+    if not WG_SOCKET_DIR.is_dir():
+        return live
+    for sock in WG_SOCKET_DIR.glob("*.sock"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(0.2)
+            s.connect(str(sock))
+            live.add(sock.stem)
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return live
+
+
+def _remove_state_files(state_dir: Path) -> None:
+    if not state_dir.is_dir():
+        return
+    for entry in STATE_ENTRIES:
+        p = state_dir / entry
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    try:
+        state_dir.rmdir()
+    except OSError:
+        pass  # not empty: someone else's files live there too
+
+
+@dataclass
+class Status:
+    up: bool
+    phase: str
+    kubeconfig: str | None
+    api_url: str | None
+    nodes: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "up": self.up,
+            "phase": self.phase,
+            "kubeconfig": self.kubeconfig,
+            "apiServer": self.api_url,
+            "nodes": self.nodes,
+            "pods": self.pods,
+        }
+
+
+def load(settings: Settings) -> tuple[LabState, Lab]:
+    """The state and resolved topology of the running lab; LabError when none is up."""
+    st = LabState.load(settings.state_dir)
+    if st is None or st.phase != "up":
+        raise LabError(f"no lab is up (state dir {settings.state_dir})")
+    return st, resolve(parse_topology(st.info["spec"]), st.prefix)
+
+
+def status(settings: Settings) -> Status:
+    st = LabState.load(settings.state_dir)
+    if st is None:
+        return Status(up=False, phase="down", kubeconfig=None, api_url=None, nodes=[], pods=[])
+    lab = resolve(parse_topology(st.info["spec"]), st.prefix)
+    present = set(netns.list_netns())
+    nodes = [
+        {
+            "name": n.name,
+            "pool": n.pool,
+            "netns": n.netns,
+            "addresses": [str(n.ip)],
+            "podCIDR": str(n.pod_cidr),
+            "present": n.netns in present,
+        }
+        for n in lab.nodes
+    ]
+    pods = [
+        {
+            "name": p.name,
+            "pool": p.pool,
+            "node": p.node,
+            "netns": p.netns,
+            "addresses": [str(p.ip)],
+            "present": p.netns in present,
+        }
+        for p in lab.pods
+    ]
+    return Status(
+        up=st.phase == "up",
+        phase=st.phase,
+        kubeconfig=st.info.get("kubeconfig"),
+        api_url=st.info.get("api_url"),
+        nodes=nodes,
+        pods=pods,
+    )
+
+
+def settings_from_env(state_dir: Path | None = None, prefix: str | None = None) -> Settings:
+    from raven.lab.topology import check_prefix
+
+    return Settings(
+        state_dir=state_dir or Path(os.environ.get("RAVEN_LAB_DIR", str(DEFAULT_STATE_DIR))),
+        prefix=check_prefix(prefix or os.environ.get("RAVEN_LAB_PREFIX", DEFAULT_PREFIX)),
+    )

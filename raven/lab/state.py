@@ -1,0 +1,125 @@
+"""The lab's record of what it created, kept in the state dir and written as it goes.
+
+``up`` appends a record *before* or right after each side effect, so ``down`` can undo a lab that
+crashed half-way. Processes are recorded with their start time, so a recycled PID is never killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "lab.json"
+
+
+@dataclass
+class LabState:
+    """The contents of ``<state-dir>/lab.json``."""
+
+    path: Path
+    prefix: str
+    phase: str = "building"  # building -> up
+    topology: str = ""
+    started_at: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # kubeconfig, api url, host link, ...
+
+    def save(self) -> None:
+        data = {
+            "prefix": self.prefix,
+            "phase": self.phase,
+            "topology": self.topology,
+            "started_at": self.started_at,
+            "records": self.records,
+            "info": self.info,
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.path)  # atomic: a crash never leaves half a record file
+
+    def add(self, kind: str, **fields: Any) -> None:
+        self.records.append({"kind": kind, **fields})
+        self.save()
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["kind"] == kind]
+
+    @classmethod
+    def load(cls, state_dir: Path) -> LabState | None:
+        path = state_dir / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"{path}: unreadable lab state ({e}); remove it by hand") from e
+        return cls(
+            path=path,
+            prefix=data["prefix"],
+            phase=data.get("phase", "building"),
+            topology=data.get("topology", ""),
+            started_at=data.get("started_at", 0.0),
+            records=data.get("records", []),
+            info=data.get("info", {}),
+        )
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: split after the last ')'
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def is_same_process(pid: int, start_time: int | None) -> bool:
+    now = proc_start_time(pid)
+    return now is not None and (start_time is None or now == start_time)
+
+
+def stop_process(pid: int, start_time: int | None, *, grace: float = 3.0) -> bool:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; only if it is still the process we started."""
+    if not is_same_process(pid, start_time):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not is_same_process(pid, start_time) or _is_zombie(pid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    for _ in range(40):
+        _reap(pid)
+        if not is_same_process(pid, start_time) or _is_zombie(pid):
+            break
+        time.sleep(0.05)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child (started by an earlier `raven lab up`): init reaps it
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
