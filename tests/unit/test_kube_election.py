@@ -1,0 +1,262 @@
+"""Lease election against a live loopback API server: one holder, sticky, fast hand-over on
+release, take-over after expiry, health gating, 409 races, and stepping down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raven.apiserver.testing import run_apiserver
+from raven.kube import KubeClient, leases
+from raven.kube.election import LeaseElector, LeaseTimings
+from raven.kube.errors import NotFound
+from raven.kube.testing import client_for_kubeconfig, wait_until
+
+NS = "kube-system"
+LEASES = leases(NS)
+# Lease 1 s, renew every 0.25 s, candidates look every 0.1 s (+20 %).
+QUICK = LeaseTimings(duration=1, renew_interval=0.25, retry_interval=0.1, jitter=0.2)
+# Lease 2 s: long enough to tell "took over after a release" from "after expiry".
+SLOW_EXPIRY = LeaseTimings(duration=2, renew_interval=0.25, retry_interval=0.1, jitter=0.2)
+
+
+@pytest.fixture
+def apiserver(tmp_path: Path) -> Iterator[Any]:
+    with run_apiserver(tmp_path / "api") as handle:
+        yield handle
+
+
+@pytest.fixture
+async def kube(apiserver: Any) -> AsyncIterator[KubeClient]:
+    client = client_for_kubeconfig(apiserver.kubeconfig)
+    yield client
+    await client.close()
+
+
+@contextlib.asynccontextmanager
+async def candidates(
+    apiserver: Any,
+    names: list[str],
+    *,
+    timings: LeaseTimings = QUICK,
+    start: bool = True,
+    **kw: Any,
+) -> AsyncIterator[list[LeaseElector]]:
+    """One elector per name, each with its own client (separate processes in real life)."""
+    clients = [client_for_kubeconfig(apiserver.kubeconfig) for _ in names]
+    electors = [
+        LeaseElector(c, "edge-a", n, namespace=NS, timings=timings, **kw)
+        for c, n in zip(clients, names, strict=True)
+    ]
+    if start:
+        for e in electors:
+            e.start()
+    try:
+        yield electors
+    finally:
+        for e in electors:
+            await e.stop(release=False)
+        for c in clients:
+            await c.close()
+
+
+def holders(electors: list[LeaseElector]) -> list[str]:
+    return [e.identity for e in electors if e.is_holder]
+
+
+async def lease_holder(kube: KubeClient) -> str:
+    lease = await kube.get(LEASES, "raven-gw-edge-a")
+    return str(lease["spec"].get("holderIdentity") or "")
+
+
+async def test_one_of_three_candidates_wins(apiserver: Any, kube: KubeClient) -> None:
+    async with candidates(apiserver, ["n1", "n2", "n3"]) as els:
+        await wait_until(lambda: len(holders(els)) == 1, what="a single holder")
+        winner = holders(els)[0]
+        await wait_until(lambda: all(e.seen_holder == winner for e in els), what="all agree")
+        # It stays that way over several lease durations: the holder keeps renewing.
+        for _ in range(10):
+            await asyncio.sleep(0.25)
+            assert holders(els) == [winner]
+        assert await lease_holder(kube) == winner
+        assert [e.may_forward for e in els].count(True) == 1
+
+
+async def test_holder_is_sticky_when_a_new_candidate_joins(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    async with candidates(apiserver, ["n1"]) as (first,):
+        await wait_until(lambda: first.is_holder, what="n1 holds")
+        before = await kube.get(LEASES, "raven-gw-edge-a")
+        async with candidates(apiserver, ["n2"]) as (late,):
+            await wait_until(lambda: late.seen_holder == "n1", what="n2 sees n1")
+            for _ in range(12):  # 3 s = 3 lease durations
+                await asyncio.sleep(0.25)
+                assert first.is_holder and not late.is_holder
+        after = await kube.get(LEASES, "raven-gw-edge-a")
+        assert after["spec"]["holderIdentity"] == "n1"
+        assert after["spec"]["leaseTransitions"] == before["spec"]["leaseTransitions"]
+        assert after["spec"]["renewTime"] != before["spec"]["renewTime"], "holder renews"
+
+
+async def test_release_hands_over_within_a_retry_interval(apiserver: Any) -> None:
+    async with candidates(apiserver, ["n1", "n2"], timings=SLOW_EXPIRY) as els:
+        await wait_until(lambda: len(holders(els)) == 1, what="a holder")
+        old = next(e for e in els if e.is_holder)
+        new = next(e for e in els if not e.is_holder)
+        released = time.monotonic()
+        await old.stop()  # releases on the way out
+        assert not old.is_holder
+        await wait_until(lambda: new.is_holder, timeout=3, what="hand-over")
+        took = time.monotonic() - released
+        # Expiry would take >= 2 s; a release is seen on the next look (0.1-0.12 s + requests).
+        assert took < 0.8, f"hand-over after release took {took:.2f}s"
+
+
+async def test_killed_holder_is_replaced_after_lease_expiry(apiserver: Any) -> None:
+    async with candidates(apiserver, ["n1", "n2"], timings=SLOW_EXPIRY) as els:
+        await wait_until(lambda: len(holders(els)) == 1, what="a holder")
+        old = next(e for e in els if e.is_holder)
+        new = next(e for e in els if not e.is_holder)
+        killed = time.monotonic()
+        await old.stop(release=False)  # a crash: nothing written
+        await wait_until(lambda: new.is_holder, timeout=5, what="take-over")
+        took = time.monotonic() - killed
+        assert 1.5 <= took <= 3.5, f"take-over {took:.2f}s after kill; lease is 2 s"
+
+
+async def test_unhealthy_candidate_never_campaigns(apiserver: Any, kube: KubeClient) -> None:
+    healthy = False
+    async with candidates(apiserver, ["n1"], healthy=lambda: healthy) as (el,):
+        await asyncio.sleep(1.5)
+        assert not el.is_holder and not el.may_forward
+        with pytest.raises(NotFound):  # it did not even create the lease
+            await kube.get(LEASES, "raven-gw-edge-a")
+        healthy = True
+        el.wake()
+        await wait_until(lambda: el.is_holder, what="campaigns once healthy")
+        assert await lease_holder(kube) == "n1"
+
+
+async def test_holder_turning_unhealthy_releases(apiserver: Any, kube: KubeClient) -> None:
+    health = {"n1": True, "n2": True}
+    clients = [client_for_kubeconfig(apiserver.kubeconfig) for _ in range(2)]
+    els = [
+        LeaseElector(c, "edge-a", n, namespace=NS, timings=SLOW_EXPIRY, healthy=_h(health, n))
+        for c, n in zip(clients, ["n1", "n2"], strict=True)
+    ]
+    try:
+        els[0].start()
+        await wait_until(lambda: els[0].is_holder, what="n1 holds")
+        els[1].start()
+        health["n1"] = False
+        els[0].wake()
+        took = await wait_until(lambda: els[1].is_holder, timeout=3, what="n2 takes over")
+        assert took < 1.0, "an unhealthy holder releases instead of letting the lease expire"
+        assert not els[0].is_holder
+    finally:
+        for e in els:
+            await e.stop(release=False)
+        for c in clients:
+            await c.close()
+
+
+def _h(health: dict[str, bool], name: str) -> Callable[[], bool]:
+    return lambda: health[name]
+
+
+async def test_race_for_a_free_lease_leaves_exactly_one_holder(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    await kube.create(
+        LEASES,
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "raven-gw-edge-a", "namespace": NS},
+            "spec": {"holderIdentity": "", "leaseDurationSeconds": 1},
+        },
+    )
+    async with candidates(apiserver, ["n1", "n2"], start=False) as (a, b):
+        for _ in range(8):
+            # Both read the free lease, then both write with the same resourceVersion.
+            await asyncio.gather(a.step(), b.step())
+            assert len(holders([a, b])) == 1
+            winner = holders([a, b])[0]
+            assert await lease_holder(kube) == winner
+            assert a.seen_holder == b.seen_holder == winner or (a.conflicts + b.conflicts) > 0
+            await (a if a.is_holder else b).release()
+            assert await lease_holder(kube) == ""
+        assert a.conflicts + b.conflicts >= 1, "the race never happened; the test proves nothing"
+
+
+async def test_holder_that_sees_another_holder_steps_down(apiserver: Any, kube: KubeClient) -> None:
+    async with candidates(apiserver, ["n1"]) as (el,):
+        changes: list[tuple[bool, str | None]] = []
+        el.add_listener(lambda e: changes.append((e.is_holder, e.seen_holder)))
+        await wait_until(lambda: el.is_holder, what="n1 holds")
+        # Someone else writes itself into the lease (e.g. a candidate with a clock far ahead).
+        lease = await kube.get(LEASES, "raven-gw-edge-a")
+        lease["spec"]["holderIdentity"] = "intruder"
+        await kube.replace(LEASES, lease)
+        took = await wait_until(lambda: el.seen_holder == "intruder", what="sees intruder")
+        assert took < 0.6
+        assert not el.is_holder and not el.may_forward
+        assert changes[-1] == (False, "intruder")
+        # It does not fight a live holder.
+        await asyncio.sleep(0.3)
+        assert await lease_holder(kube) == "intruder"
+
+
+async def test_step_down_releases_and_stays_out_for_the_backoff(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    async with candidates(apiserver, ["n1"]) as (el,):
+        await wait_until(lambda: el.is_holder, what="n1 holds")
+        await el.step_down(backoff=1.5)
+        assert await lease_holder(kube) == ""
+        assert not el.is_holder and not el.may_forward
+        await asyncio.sleep(1.0)
+        assert await lease_holder(kube) == "", "stays out during the back-off"
+        await wait_until(lambda: el.is_holder, timeout=2, what="back after the back-off")
+
+
+async def test_api_outage_holder_keeps_forwarding_but_not_proved(apiserver: Any) -> None:
+    async with candidates(apiserver, ["n1"]) as (el,):
+        await wait_until(lambda: el.is_holder, what="n1 holds")
+        await asyncio.to_thread(apiserver.stop)
+        await wait_until(lambda: not el.is_holder, timeout=3, what="proof runs out")
+        # Nobody else can hold the lease either: keep carrying traffic (invariant 3).
+        assert el.seen_holder == "n1" and el.may_forward
+        assert el.last_error is not None
+        await asyncio.to_thread(apiserver.restart)
+        await wait_until(lambda: el.is_holder, timeout=5, what="renews after the outage")
+
+
+def test_timings_reject_nonsense() -> None:
+    with pytest.raises(ValueError, match="duration"):
+        LeaseTimings(duration=0)
+    with pytest.raises(ValueError, match="renew_interval"):
+        LeaseTimings(duration=2, renew_interval=3)
+    with pytest.raises(ValueError, match="renew_deadline"):
+        LeaseTimings(duration=2, renew_interval=0.5, renew_deadline=5)
+    t = LeaseTimings()
+    assert (t.duration, t.renew_interval, t.retry_interval) == (4, 1.0, 0.5)
+    assert t.renew_interval < t.deadline <= t.duration
+
+
+async def test_cancelling_the_task_still_releases(apiserver: Any, kube: KubeClient) -> None:
+    async with candidates(apiserver, ["n1"], start=False) as (el,):
+        task = el.start()
+        await wait_until(lambda: el.is_holder, what="n1 holds")
+        task.cancel()  # a root-task shutdown, not a polite stop()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await lease_holder(kube) == ""
+        assert not el.is_holder and not el.may_forward
