@@ -1,0 +1,59 @@
+"""raven-agent settings: flags override environment (``RAVEN_*``), which overrides defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from raven.model import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE
+
+
+class AgentSettings(BaseSettings):
+    """Everything the agent needs to know about its node and its cluster."""
+
+    model_config = SettingsConfigDict(env_prefix="RAVEN_", extra="forbid")
+
+    node_name: str = Field(
+        min_length=1, description="This node's name (in a DaemonSet: spec.nodeName)"
+    )
+    kubeconfig: Path | None = Field(
+        default=None, description="kubeconfig file; unset means in-cluster configuration"
+    )
+    state_dir: Path = Field(
+        default=Path("/var/lib/raven"), description="Where the WireGuard key pair lives (0600)"
+    )
+    wg_interface: str = Field(
+        default="raven0",
+        min_length=1,
+        max_length=15,
+        description="WireGuard device name; must be unique on the host with wireguard-go",
+    )
+    pool_label: str = Field(
+        default="apps.openyurt.io/nodepool", description="Node label naming the pool"
+    )
+    table: int = Field(
+        default=DEFAULT_TABLE, ge=1, le=2**31 - 1, description="Raven's routing table id"
+    )
+    rule_priority: int = Field(
+        default=DEFAULT_RULE_PRIORITY,
+        ge=1,
+        le=32765,
+        description="Priority of Raven's one policy rule",
+    )
+    lease_namespace: str = Field(
+        default="kube-system", description="Namespace of the per-pool Leases"
+    )
+    lease_duration: float = Field(
+        default=4.0,
+        gt=0,
+        description="Seconds a Lease stays valid without renewal; failover takes about this long",
+    )
+    lease_renew: float = Field(
+        default=1.0, gt=0, description="Seconds between renewals by the holder"
+    )
+    lease_retry: float = Field(default=0.5, gt=0, description="Seconds between campaign attempts")
+    resync: float = Field(
+        default=10.0, gt=0, description="Seconds between full reconciles when nothing changed"
+    )

@@ -1,0 +1,112 @@
+"""Applies a planned :class:`~raven.model.DesiredState` to this node's kernel.
+
+The only place in the agent that touches netlink, ``wg`` or iptables, always through the
+reconcilers (which diff and change only the difference). Order matters: the WireGuard device
+exists before routes point into it, and routes exist before the rule sends lookups to them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from agent.config import AgentSettings
+from gateway.wireguard import WireGuardDevice, WireGuardError
+from raven.model import DesiredState, Role
+from raven.netlink.mss import MssClamp
+from raven.netlink.routes import RouteReconciler
+from raven.netlink.rules import RuleReconciler
+from raven.netlink.sysctl import ensure_ip_forward
+from raven.view import ClusterView, Identity
+
+log = logging.getLogger("raven.agent.dataplane")
+
+#: A peer whose last handshake is older than this is down: WireGuard re-handshakes every
+#: 2 minutes while traffic or keepalives flow, so 3 minutes without one means nothing flows.
+HANDSHAKE_FRESH_S = 180
+
+
+class DataPlane:
+    """Reconcilers for one node, bound to the network namespace the agent runs in."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.ipr = IPRoute()
+        self.routes = RouteReconciler(self.ipr, tables=(settings.table,))
+        self.rules = RuleReconciler(self.ipr)
+        self.wg = WireGuardDevice(settings.wg_interface, state_dir=settings.state_dir)
+        self.mss = MssClamp()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def identity(self, internal_ip: str | None) -> Identity | None:
+        """This node's planner identity: the underlay is the link holding its InternalIP."""
+        if internal_ip is None:
+            return None
+        family = ipaddress.ip_address(internal_ip).version
+        for addr in self.ipr.get_addr():
+            if addr.get_attr("IFA_ADDRESS") != internal_ip:
+                continue
+            link = self.ipr.get_links(addr["index"])[0]
+            return Identity(
+                node_name=self.settings.node_name,
+                underlay_dev=link.get_attr("IFLA_IFNAME"),
+                underlay_mtu=link.get_attr("IFLA_MTU"),
+                underlay_family=family,
+                wg_dev=self.settings.wg_interface,
+                table=self.settings.table,
+                rule_priority=self.settings.rule_priority,
+            )
+        return None
+
+    def apply(self, desired: DesiredState) -> None:
+        if desired.role in (Role.GATEWAY, Role.RELAY):
+            self.wg.ensure(listen_port=desired.listen_port, mtu=desired.tunnel_mtu)
+            self.wg.reconcile_peers(desired.peers)
+            ensure_ip_forward(True)
+            self.mss.ensure(self.settings.wg_interface)
+        elif self.wg.exists():
+            # Keep the device (a re-election needs no new process), but carry nothing.
+            self.wg.reconcile_peers(())
+        self.routes.reconcile(desired.routes)
+        self.rules.reconcile(desired.rules)
+
+    def peer_status(self, desired: DesiredState, view: ClusterView) -> list[dict[str, Any]]:
+        """One Gateway status entry per planned peer, from the device's live dump."""
+        try:
+            dump = self.wg.dump()
+        except WireGuardError as error:
+            log.warning("cannot read %s: %s", self.settings.wg_interface, error)
+            dump = None
+        by_key = {n.public_key: n for n in view.nodes if n.public_key}
+        now = time.time()
+        entries = []
+        for peer in desired.peers:
+            live = dump.peer(peer.public_key) if dump is not None else None
+            node = by_key.get(peer.public_key)
+            handshake = live.latest_handshake if live is not None else 0
+            up = handshake > 0 and now - handshake < HANDSHAKE_FRESH_S
+            entries.append(
+                {
+                    "node": node.name if node else "",
+                    "pool": (node.pool or "") if node else "",
+                    "publicKey": peer.public_key,
+                    "endpoint": (live.endpoint or "")
+                    if live is not None
+                    else (peer.endpoint or ""),
+                    "allowedIPs": list(peer.allowed_ips),
+                    "state": "Up" if up else "Down",
+                    "lastHandshake": (
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(handshake))
+                        if handshake
+                        else ""
+                    ),
+                    "rttMs": None,
+                }
+            )
+        return entries

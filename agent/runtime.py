@@ -1,0 +1,313 @@
+"""The agent's main loop: observe the cluster, plan this node's data path, apply it, report.
+
+One direction only: informers (Nodes, Gateways, Leases) and the pool's elector mark the state
+dirty; one reconcile builds a :class:`~raven.view.ClusterView`, asks the pure planner for the
+desired state and hands it to the reconcilers, which change only the difference. Nothing is
+ever flushed: until the first successful list the kernel is left exactly as found, and when the
+API server goes away the last plan stays applied (DESIGN invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from agent.config import AgentSettings
+from agent.dataplane import DataPlane
+from agent.events import EventRecorder
+from gateway import keys
+from raven.gatewayspec import selector_matches
+from raven.kube import GATEWAYS, NODES, KubeClient, KubeError, leases, load_config
+from raven.kube.election import LeaseElector, LeaseTimings
+from raven.kube.gateways import ensure_gateway, patch_gateway_status
+from raven.kube.informer import Informer
+from raven.kube.nodes import publish_tunnel_identity
+from raven.model import DesiredState, Role
+from raven.plan import analyse, plan, pool_status
+from raven.view import ClusterView, cluster_view
+
+log = logging.getLogger("raven.agent")
+
+LEASE_PREFIX = "raven-gw-"
+#: Conditions that say the pool's own input was refused; each gets one Warning Event.
+REFUSAL_CONDITIONS = ("SpecValid", "SubnetsAccepted")
+
+
+def lease_name(pool: str) -> str:
+    return f"{LEASE_PREFIX}{pool}"
+
+
+def leases_by_pool(objs: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Lease name -> object, narrowed to Raven's per-pool Leases and keyed by pool."""
+    return {
+        name[len(LEASE_PREFIX) :]: obj
+        for name, obj in objs.items()
+        if name.startswith(LEASE_PREFIX) and len(name) > len(LEASE_PREFIX)
+    }
+
+
+class Agent:
+    """One node's agent. ``await Agent(settings).run()`` until SIGTERM."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.client = KubeClient(load_config(settings.kubeconfig))
+        self.keypair = keys.load_or_create(settings.state_dir)
+        self.nodes = Informer(self.client, NODES)
+        self.gateways = Informer(self.client, GATEWAYS)
+        self.leases = Informer(self.client, leases(settings.lease_namespace))
+        # pyroute2's synchronous IPRoute runs an event loop of its own, so the data plane lives
+        # on one dedicated thread: every kernel call goes through ``_plane``.
+        self._plane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
+        self.dataplane: DataPlane | None = None
+        self.events = EventRecorder(self.client, settings.node_name)
+        self.elector: LeaseElector | None = None
+        self.view: ClusterView | None = None
+        self.desired: DesiredState | None = None
+        self._dirty = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._last_status: dict[str, Any] | None = None
+        self._last_role: Role | None = None
+        self._last_holder: str | None = None  # our pool's holder before we took over
+        self._reported_problems: set[str] = set()
+        self._published = False
+
+    # Wiring ---------------------------------------------------------------------------------
+
+    def _mark_dirty(self, *_: object) -> None:
+        self._dirty.set()
+
+    async def _plane(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._plane_thread, fn, *args)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.dataplane = await self._plane(DataPlane, self.settings)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        for informer in (self.nodes, self.gateways, self.leases):
+            informer.add_listener(self._mark_dirty)
+            informer.start()
+        log.info(
+            "agent starting node=%s wg=%s public_key=%s",
+            self.settings.node_name,
+            self.settings.wg_interface,
+            self.keypair.public_key,
+        )
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._published:
+                await self._publish_key()
+            if self.nodes.synced and self.gateways.synced and self.leases.synced:
+                try:
+                    await self.reconcile()
+                except Exception:  # one bad round must not kill the node's data path
+                    log.exception("reconcile failed; the last applied state stays")
+            self._dirty.clear()
+            waiters = [
+                asyncio.ensure_future(self._dirty.wait()),
+                asyncio.ensure_future(self._stopping.wait()),
+            ]
+            _, pending = await asyncio.wait(
+                waiters, timeout=self.settings.resync, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+
+    async def _publish_key(self) -> None:
+        """Publish the WireGuard public key before any election, so failover never waits."""
+        try:
+            await publish_tunnel_identity(
+                self.client,
+                self.settings.node_name,
+                public_key=self.keypair.public_key,
+                endpoint=None,
+            )
+            self._published = True
+        except KubeError as error:
+            log.warning("cannot publish public key yet: %s", error)
+
+    async def _shutdown(self) -> None:
+        log.info("agent stopping")
+        if self.elector is not None:
+            # Hand the lease over at once so the next candidate needs no expiry wait.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.elector.stop(release=True), 3)
+        for informer in (self.nodes, self.gateways, self.leases):
+            with contextlib.suppress(Exception):
+                await informer.stop()
+        await self.client.close()
+        if self.dataplane is not None:
+            await self._plane(self.dataplane.close)
+        self._plane_thread.shutdown(wait=False)
+
+    # One round ------------------------------------------------------------------------------
+
+    def _my_node(self) -> dict[str, Any] | None:
+        return self.nodes.get(self.settings.node_name)
+
+    def _holders(self, view_leases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Our own elector reads the pool's lease more often than the informer; prefer it."""
+        if self.elector is not None and self.elector.seen_holder is not None:
+            lease = {"spec": {"holderIdentity": self.elector.seen_holder}}
+            view_leases = {**view_leases, self.elector.pool: lease}
+        elif self.elector is not None and self.elector.generation and not self.elector.seen_holder:
+            view_leases = {k: v for k, v in view_leases.items() if k != self.elector.pool}
+        return view_leases
+
+    async def reconcile(self) -> None:
+        settings = self.settings
+        view = cluster_view(
+            self.nodes.snapshot().values(),
+            self.gateways.snapshot().values(),
+            self._holders(leases_by_pool(self.leases.snapshot())),
+            pool_label=settings.pool_label,
+            previous=self.view,
+        )
+        self.view = view
+        me = next((n for n in view.nodes if n.name == settings.node_name), None)
+        pool = me.pool if me is not None else None
+        await self._ensure_election(view, pool)
+
+        assert self.dataplane is not None
+        identity = await self._plane(self.dataplane.identity, me.internal_ip if me else None)
+        if identity is None:
+            log.warning("no interface holds this node's InternalIP yet; nothing applied")
+            return
+        desired = plan(view, identity)
+        await self._plane(self.dataplane.apply, desired)
+        if desired != self.desired:
+            log.info(
+                "applied role=%s routes=%d peers=%d",
+                desired.role,
+                len(desired.routes),
+                len(desired.peers),
+            )
+        self.desired = desired
+        await self._report(view, pool, desired)
+
+    # Election -------------------------------------------------------------------------------
+
+    def _healthy(self) -> bool:
+        """Campaign only when we could serve: the relay pool can always serve; an edge
+        candidate needs a relay gateway whose key it knows, or it could carry nothing."""
+        view = self.view
+        if view is None or self.elector is None:
+            return False
+        facts = analyse(view)
+        if facts.relay is None:
+            return False
+        if facts.relay == self.elector.pool:
+            return True
+        relay = facts.pools.get(facts.relay)
+        return relay is not None and relay.gateway is not None and bool(relay.gateway.public_key)
+
+    def _candidate(self, view: ClusterView, pool: str) -> bool:
+        gw = view.gateways.get(pool)
+        me = next((n for n in view.nodes if n.name == self.settings.node_name), None)
+        if me is None:
+            return False
+        selector = gw.spec.candidate_selector if gw is not None and gw.spec is not None else None
+        return selector_matches(selector, me.labels)
+
+    async def _ensure_election(self, view: ClusterView, pool: str | None) -> None:
+        wanted = pool if pool is not None and self._candidate(view, pool) else None
+        current = self.elector.pool if self.elector is not None else None
+        if wanted == current:
+            if self.elector is not None:
+                self.elector.wake() if not self.elector.is_holder and self._healthy() else None
+            return
+        if self.elector is not None:
+            await self.elector.stop(release=True)
+            self.elector = None
+        if wanted is None:
+            return
+        with contextlib.suppress(KubeError):
+            await ensure_gateway(self.client, wanted)
+        s = self.settings
+        self.elector = LeaseElector(
+            self.client,
+            wanted,
+            s.node_name,
+            healthy=self._healthy,
+            namespace=s.lease_namespace,
+            lease_name=lease_name(wanted),
+            timings=LeaseTimings(
+                duration=max(1, round(s.lease_duration)),
+                renew_interval=s.lease_renew,
+                retry_interval=s.lease_retry,
+            ),
+        )
+        self.elector.add_listener(self._mark_dirty)
+        self.elector.start()
+
+    # Report ---------------------------------------------------------------------------------
+
+    async def _report(self, view: ClusterView, pool: str | None, desired: DesiredState) -> None:
+        holder = view.holders.get(pool) if pool is not None else None
+        if desired.role != self._last_role:
+            if desired.role in (Role.GATEWAY, Role.RELAY) and pool is not None:
+                before = self._last_holder
+                if before and before != self.settings.node_name:
+                    reason, message = (
+                        "GatewayFailover",
+                        (f"{self.settings.node_name} took over pool {pool} from {before}"),
+                    )
+                else:
+                    reason, message = (
+                        "GatewayElected",
+                        (f"{self.settings.node_name} is now the active gateway of pool {pool}"),
+                    )
+                await self.events.gateway_event(pool, "Normal", reason, message)
+            self._last_role = desired.role
+        if holder != self.settings.node_name:
+            self._last_holder = holder
+        if pool is None or desired.role not in (Role.GATEWAY, Role.RELAY):
+            return
+        status = pool_status(view, pool)
+        # Refused input of this pool (bad spec, overlapping CIDRs) gets a Warning naming it.
+        for condition in status["conditions"]:
+            if condition["type"] in REFUSAL_CONDITIONS and condition["status"] == "False":
+                await self._problem_event(pool, condition["reason"], condition["message"])
+        assert self.dataplane is not None
+        peers = await self._plane(self.dataplane.peer_status, desired, view)
+        status["peers"] = peers
+        status["peersReady"] = f"{sum(p['state'] == 'Up' for p in peers)}/{len(peers)}"
+        rtts = [p["rttMs"] for p in peers if p.get("rttMs") is not None]
+        status["rtt"] = f"{max(rtts):.1f}ms" if rtts else ""
+        self._stamp_conditions(status)
+        if status == self._last_status:
+            return
+        try:
+            await patch_gateway_status(self.client, pool, status)
+            self._last_status = status
+        except KubeError as error:
+            log.warning("cannot write Gateway %s status: %s", pool, error)
+
+    def _stamp_conditions(self, status: dict[str, Any]) -> None:
+        """Keep lastTransitionTime from the previous status unless the condition flipped."""
+        old = {c["type"]: c for c in (self._last_status or {}).get("conditions", [])}
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for condition in status["conditions"]:
+            before = old.get(condition["type"])
+            if before is not None and before.get("status") == condition["status"]:
+                condition["lastTransitionTime"] = before.get("lastTransitionTime", now)
+            else:
+                condition["lastTransitionTime"] = now
+
+    async def _problem_event(self, pool: str, reason: str, message: str) -> None:
+        if message in self._reported_problems:
+            return
+        self._reported_problems.add(message)
+        await self.events.gateway_event(pool, "Warning", reason, message)

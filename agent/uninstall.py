@@ -1,0 +1,30 @@
+"""``raven-agent --cleanup``: remove every route, rule, link, clamp and key file Raven made."""
+
+from __future__ import annotations
+
+import logging
+
+from pyroute2 import IPRoute
+
+from agent.config import AgentSettings
+from gateway.wireguard import WireGuardDevice
+from raven.netlink.cleanup import cleanup
+
+log = logging.getLogger("raven.agent.uninstall")
+
+
+def uninstall(settings: AgentSettings) -> int:
+    """Exit status: 0 when everything Raven owned is gone, 1 when some part failed."""
+    device = WireGuardDevice(settings.wg_interface, state_dir=settings.state_dir)
+    with IPRoute() as ipr:
+        report = cleanup(ipr, tables=(settings.table,), wireguard=device, remove_keys=True)
+    log.info(
+        "removed %d routes, %d rules, mss clamp %s, wireguard %s",
+        report.routes_deleted,
+        report.rules_deleted,
+        report.mss_removed,
+        report.wireguard_removed,
+    )
+    for part, failure in report.failures.items():
+        log.error("could not remove %s: %s", part, failure)
+    return 1 if report.failures else 0
