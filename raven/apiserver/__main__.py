@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from raven.apiserver.server import ApiServer, ServerConfig
+from raven.apiserver.store import StateInUse
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         history=args.history,
         bookmark_interval=args.bookmark_interval,
     )
-    asyncio.run(_run(config))
+    try:
+        asyncio.run(_run(config))
+    except StateInUse as e:
+        print(f"raven.apiserver: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,7 +21,7 @@ from raven.apiserver.selectors import (
     parse_label_selector,
 )
 from raven.apiserver.store import Store, TooOld
-from raven.apiserver.strategy import prepare_create, prepare_update
+from raven.apiserver.strategy import now_rfc3339, prepare_create, prepare_update
 from raven.apiserver.watch import WatchStream
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -195,6 +195,9 @@ class Api:
         if new == old or dry_run:
             # No change: like kube-apiserver, no write and no new resourceVersion.
             return self._out(rtype, new)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            # The last finalizer of an object being deleted is gone: now it really goes.
+            return self._remove(rtype, ns, name, new)
         stored = self.store.put(rtype.storage_key, ns, name, new)
         self._after_write(rtype, stored)
         return self._out(rtype, stored)
@@ -248,13 +251,8 @@ class Api:
             raise errors.ApiError(422, "Invalid", f"the patch could not be applied: {e}") from None
         if not isinstance(patched, dict):
             raise errors.bad_request("the patch did not produce a JSON object")
-        # A patch that carries metadata.resourceVersion is a precondition; one without is not.
-        patch_meta = patch.get("metadata") if isinstance(patch, dict) else None
-        carried = isinstance(patch_meta, dict) and patch_meta.get("resourceVersion") is not None
-        if not carried:
-            patched.setdefault("metadata", {})
-            if isinstance(patched["metadata"], dict):
-                patched["metadata"].pop("resourceVersion", None)
+        # The patched object keeps the current resourceVersion unless the patch set one (any
+        # format); a set one is a precondition, checked in _write like a PUT's.
         return self._write(rtype, ns, old, patched, subresource, dry_run, strict)
 
     def delete(
@@ -275,6 +273,19 @@ class Api:
             raise errors.conflict(rtype.plural, rtype.group, name)
         if dry_run:
             return self._out(rtype, old)
+        if old["metadata"].get("finalizers"):
+            # Finalizers hold the object: mark it deleted and let their owners remove them.
+            if old["metadata"].get("deletionTimestamp"):
+                return self._out(rtype, old)
+            marked = json.loads(json.dumps(old))
+            marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            return self._out(rtype, self.store.put(rtype.storage_key, ns, name, marked))
+        return self._remove(rtype, ns, name, old)
+
+    def _remove(
+        self, rtype: ResourceType, ns: str, name: str, old: dict[str, Any]
+    ) -> dict[str, Any]:
         if rtype is NAMESPACE_TYPE:
             for resource, member in self.store.namespaces_in_use(name):
                 self.store.delete(resource, name, member)

@@ -12,7 +12,9 @@ must be called from one thread (the server's event loop).
 from __future__ import annotations
 
 import builtins
+import fcntl
 import json
+import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +46,22 @@ class TooOld(Exception):
 Listener = Callable[[Event], None]
 
 
+def _lock(path: Path) -> int:
+    """Hold an exclusive lock beside the database: two servers on one state would diverge."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateInUse(f"{path} is in use by another API server (lock {lock_path})") from None
+    return fd
+
+
+class StateInUse(RuntimeError):
+    """Another server already serves this state directory."""
+
+
 def _copy(obj: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(obj))
 
@@ -52,6 +70,9 @@ class Store:
     def __init__(self, path: Path | None, *, history: int = 1000) -> None:
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
+        self._lock_fd: int | None = None
+        if path is not None:
+            self._lock_fd = _lock(path)
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -84,6 +105,9 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self._objects.get((resource, namespace, name))

@@ -221,7 +221,12 @@ def prepare_update(
                 new["status"] = copy.deepcopy(old["status"])
             else:
                 new.pop("status", None)
-        for key in _SERVER_OWNED + ("name", "namespace", "deletionTimestamp"):
+        for key in _SERVER_OWNED + (
+            "name",
+            "namespace",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
             if key in old_meta:
                 meta[key] = old_meta[key]
             else:

@@ -486,3 +486,57 @@ def test_undeclared_fields_are_pruned_except_where_preserved(gateways):
         *GW, "edge-a", {"status": {"activeNode": "n1", "custom": {"x": 1}}}
     )
     assert status["status"] == {"activeNode": "n1", "custom": {"x": 1}}
+
+
+def test_json_patch_setting_a_stale_version_conflicts(api):
+    v1 = client.CoreV1Api(api)
+    old = v1.create_node({"metadata": {"name": "n1"}}).metadata.resource_version
+    v1.patch_node("n1", {"metadata": {"labels": {"a": "b"}}})
+    stale = [
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": old},
+        {"op": "add", "path": "/metadata/labels/c", "value": "d"},
+    ]
+    with pytest.raises(ApiException) as e:
+        v1.patch_node("n1", stale)
+    assert e.value.status == 409
+    assert v1.read_node("n1").metadata.labels == {"a": "b"}
+
+
+def test_watch_gateways(gateways):
+    rv = gateways.create_cluster_custom_object(*GW, _gateway("edge-a"))["metadata"][
+        "resourceVersion"
+    ]
+    gateways.patch_cluster_custom_object_status(*GW, "edge-a", {"status": {"activeNode": "n1"}})
+    gateways.delete_cluster_custom_object(*GW, "edge-a")
+    events = []
+    for ev in watch.Watch().stream(
+        gateways.list_cluster_custom_object, *GW, resource_version=rv, timeout_seconds=3
+    ):
+        obj = ev["object"]
+        events.append((ev["type"], obj["apiVersion"], obj.get("status", {}).get("activeNode")))
+        if len(events) == 2:
+            break
+    assert events == [
+        ("MODIFIED", "raven.io/v1alpha1", "n1"),
+        ("DELETED", "raven.io/v1alpha1", "n1"),
+    ]
+
+
+def test_finalizers_hold_deletion_until_removed(gateways):
+    body = _gateway("edge-a")
+    body["metadata"]["finalizers"] = ["raven.io/cleanup"]
+    rv = gateways.create_cluster_custom_object(*GW, body)["metadata"]["resourceVersion"]
+    gateways.delete_cluster_custom_object(*GW, "edge-a")
+    held = gateways.get_cluster_custom_object(*GW, "edge-a")
+    assert held["metadata"]["deletionTimestamp"]
+    gateways.patch_cluster_custom_object(*GW, "edge-a", {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as e:
+        gateways.get_cluster_custom_object(*GW, "edge-a")
+    assert e.value.status == 404
+    kinds = [
+        ev["type"]
+        for ev in watch.Watch().stream(
+            gateways.list_cluster_custom_object, *GW, resource_version=rv, timeout_seconds=1
+        )
+    ]
+    assert kinds == ["MODIFIED", "DELETED"]

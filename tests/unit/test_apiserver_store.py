@@ -197,3 +197,13 @@ def test_deleting_a_namespace_deletes_its_objects():
     api.create(LEASES, "default", {"metadata": {"name": "l"}})
     api.delete(ns_type, None, "lab")
     assert [o["metadata"]["namespace"] for o in api.list(LEASES, None)["items"]] == ["default"]
+
+
+def test_one_server_per_state_directory(tmp_path):
+    from raven.apiserver.store import StateInUse
+
+    first = Store(tmp_path / "db")
+    with pytest.raises(StateInUse, match="in use by another API server"):
+        Store(tmp_path / "db")
+    first.close()
+    Store(tmp_path / "db").close()
