@@ -47,6 +47,12 @@ def up(
         typer.Option("--topology", help="Topology YAML (default: netns-lab/three-pools.yaml)."),
     ] = None,
     no_agents: Annotated[bool, typer.Option("--no-agents", help="Start no raven-agent.")] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait", help="With agents: return without waiting for a full ping matrix."
+        ),
+    ] = False,
     no_apiserver: Annotated[
         bool,
         typer.Option("--no-apiserver", hidden=True, help="Network only (for developing the lab)."),
@@ -100,7 +106,7 @@ def up(
         )
     typer.echo(f"tear down:   {env}raven lab down")
     typer.echo(f"up took {res.seconds:.1f}s")
-    if res.agents:
+    if res.agents and not no_wait:
         seconds = matrix.wait_full_matrix(lab, timeout=60.0)
         pairs = len(matrix.pairs(lab))
         if seconds is None:

@@ -189,7 +189,7 @@ def test_up_starts_one_agent_per_node_in_its_namespace_and_down_stops_them(env, 
     agent = tmp_path / "raven-agent"
     agent.write_text(STAND_IN_AGENT)
     agent.chmod(0o755)
-    args = [a for a in up_args() if a != "--no-agents"]
+    args = [a for a in up_args() if a != "--no-agents"] + ["--no-wait"]
     res = env.raven(*args, extra_env={"RAVEN_LAB_AGENT": str(agent)})
     assert res.returncode == 0, res.stderr
     assert "9 agents" in res.stdout

@@ -252,7 +252,7 @@ def test_edge_node_reaches_the_api_server_through_nat(lab):
     assert out.stdout.strip() == "node/edge-b-3"
 
 
-def test_gateway_crd_is_installed_for_the_agents(lab):
+def test_gateway_crd_is_installed_and_the_relay_pool_marked(lab):
     _, _, st = lab
     if not apiserver_proc.apiserver_available():
         pytest.fail("the lab API server (raven.apiserver.__main__) does not exist yet")
@@ -261,4 +261,6 @@ def test_gateway_crd_is_installed_for_the_agents(lab):
         capture_output=True, text=True, timeout=30,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["items"] == []
+    # The topology marks cloud as the relay: up pre-creates its Gateway, as an operator would.
+    items = json.loads(out.stdout)["items"]
+    assert [(g["metadata"]["name"], g["spec"]) for g in items] == [("cloud", {"relay": True})]
