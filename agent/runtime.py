@@ -29,6 +29,7 @@ from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.informer import Informer
 from raven.kube.nodes import publish_tunnel_identity
 from raven.model import DesiredState, Role
+from raven.netlink.monitor import KernelWatch
 from raven.plan import analyse, plan, pool_status
 from raven.view import ClusterView, cluster_view
 
@@ -66,6 +67,7 @@ class Agent:
         # on one dedicated thread: every kernel call goes through ``_plane``.
         self._plane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
         self.dataplane: DataPlane | None = None
+        self.kernel_watch: KernelWatch | None = None
         self.events = EventRecorder(self.client, settings.node_name)
         self.elector: LeaseElector | None = None
         self.view: ClusterView | None = None
@@ -89,6 +91,13 @@ class Agent:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.dataplane = await self._plane(DataPlane, self.settings)
+        # Someone deleting our route or rule, or wireguard-go dying (its link vanishes), is
+        # undone by the next reconcile: within a second, not at the next resync.
+        self.kernel_watch = KernelWatch(
+            lambda reason: loop.call_soon_threadsafe(self._dirty.set),
+            tables=(self.settings.table,),
+        )
+        self.kernel_watch.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         for informer in (self.nodes, self.gateways, self.leases):
@@ -148,6 +157,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 await informer.stop()
         await self.client.close()
+        if self.kernel_watch is not None:
+            self.kernel_watch.stop()
         if self.dataplane is not None:
             await self._plane(self.dataplane.close)
         self._plane_thread.shutdown(wait=False)

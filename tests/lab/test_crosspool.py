@@ -37,7 +37,9 @@ class Running:
         kubeconfig = self.env.state_dir / "kubeconfig"
         return subprocess.run(
             [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
     def gateways(self) -> dict[str, dict]:
@@ -53,8 +55,9 @@ class Running:
 
 
 def ns_exec(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def main_table(ns: str) -> str:
@@ -120,8 +123,10 @@ def test_kubectl_get_gw_lists_three_gateways_with_an_active_node_and_all_peers_u
     def all_up() -> bool:
         gws = running.gateways()
         return len(gws) == 3 and all(
-            g["status"].get("activeNode") and g["status"].get("peersReady", "").split("/")[0]
-            == g["status"].get("peersReady", "").split("/")[-1] != "0"
+            g["status"].get("activeNode")
+            and g["status"].get("peersReady", "").split("/")[0]
+            == g["status"].get("peersReady", "").split("/")[-1]
+            != "0"
             for g in gws.values()
         )
 
@@ -146,12 +151,14 @@ def test_tcp_across_pools_through_the_relay(running):
     server, client = running.pod_of("edge-b-3"), running.pod_of("edge-a-3")
     srv = subprocess.Popen(
         ["ip", "netns", "exec", server.netns, "iperf3", "-s", "-1", "-p", "5201"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(0.5)
-        res = ns_exec(client.netns, "iperf3", "-c", str(server.ip), "-p", "5201", "-t", "2",
-                      "-J", timeout=30)
+        res = ns_exec(
+            client.netns, "iperf3", "-c", str(server.ip), "-p", "5201", "-t", "2", "-J", timeout=30
+        )
         assert res.returncode == 0, res.stdout[-500:] + res.stderr
         received = json.loads(res.stdout)["end"]["sum_received"]["bytes"]
         assert received > 1_000_000
@@ -165,9 +172,23 @@ def test_traffic_between_two_members_of_a_pool_never_meets_the_gateway(running):
     a, b = [n.name for n in running.lab.nodes if n.pool == "edge-a" and n.name != gw][:2]
     pod_a, pod_b = running.pod_of(a), running.pod_of(b)
     capture = subprocess.Popen(
-        ["ip", "netns", "exec", running.node(gw).netns, "timeout", "4", "tcpdump", "-i", "any",
-         "-n", "-l", f"host {pod_a.ip} and host {pod_b.ip}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            running.node(gw).netns,
+            "timeout",
+            "4",
+            "tcpdump",
+            "-i",
+            "any",
+            "-n",
+            "-l",
+            f"host {pod_a.ip} and host {pod_b.ip}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.0)  # tcpdump is listening
     assert matrix.ping(pod_a, pod_b, count=5)
@@ -178,27 +199,48 @@ def test_traffic_between_two_members_of_a_pool_never_meets_the_gateway(running):
 
 def test_a_malformed_gateway_spec_is_refused_by_name_and_changes_nothing(running):
     # The CRD schema accepts any string here; the agent must refuse it by name.
-    patched = running.kubectl("patch", "gw", "edge-b", "--type", "merge",
-                              "-p", '{"spec": {"endpoint": "198.18.0.99:notaport"}}')
+    patched = running.kubectl(
+        "patch",
+        "gw",
+        "edge-b",
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"endpoint": "198.18.0.99:notaport"}}',
+    )
     assert patched.returncode == 0, patched.stderr
     try:
+
         def refused() -> bool:
             conds = running.gateways()["edge-b"]["status"].get("conditions", [])
             return any(c["type"] == "SpecValid" and c["status"] == "False" for c in conds)
 
         wait_for(refused, 15, "the SpecValid=False condition on edge-b")
-        cond = next(c for c in running.gateways()["edge-b"]["status"]["conditions"]
-                    if c["type"] == "SpecValid")
+        cond = next(
+            c
+            for c in running.gateways()["edge-b"]["status"]["conditions"]
+            if c["type"] == "SpecValid"
+        )
         assert "spec.endpoint" in cond["message"] and "notaport" in cond["message"]
         events = running.kubectl("get", "events", "-o", "json")
-        assert any(e["reason"] == "InvalidSpec" and "spec.endpoint" in e["message"]
-                   and e["involvedObject"]["name"] == "edge-b"
-                   for e in json.loads(events.stdout)["items"])
+        assert any(
+            e["reason"] == "InvalidSpec"
+            and "spec.endpoint" in e["message"]
+            and e["involvedObject"]["name"] == "edge-b"
+            for e in json.loads(events.stdout)["items"]
+        )
         results = matrix.matrix(running.lab, timeout=2)
         assert [r for r in results if not r.ok] == []
     finally:
-        running.kubectl("patch", "gw", "edge-b", "--type", "json",
-                        "-p", '[{"op": "remove", "path": "/spec/endpoint"}]')
+        running.kubectl(
+            "patch",
+            "gw",
+            "edge-b",
+            "--type",
+            "json",
+            "-p",
+            '[{"op": "remove", "path": "/spec/endpoint"}]',
+        )
 
 
 def test_a_restarted_agent_keeps_its_public_key(running):
@@ -206,8 +248,9 @@ def test_a_restarted_agent_keeps_its_public_key(running):
     key_file = running.env.state_dir / "agents" / node
 
     def annotation() -> str:
-        res = running.kubectl("get", "node", node, "-o",
-                              "jsonpath={.metadata.annotations.raven\\.io/public-key}")
+        res = running.kubectl(
+            "get", "node", node, "-o", "jsonpath={.metadata.annotations.raven\\.io/public-key}"
+        )
         return res.stdout
 
     before = annotation()
@@ -218,6 +261,49 @@ def test_a_restarted_agent_keeps_its_public_key(running):
     time.sleep(2)
     assert annotation() == before
     assert {p.name: p.read_bytes() for p in key_file.iterdir() if "key" in p.name} == files_before
+
+
+def test_a_raven_route_deleted_by_someone_else_is_back_within_a_second(running):
+    gw = running.gateways()["edge-a"]["status"]["activeNode"]
+    member = next(n for n in running.lab.nodes if n.pool == "edge-a" and n.name != gw)
+    remote = next(n for n in running.lab.nodes if n.pool == "edge-b")
+    dst = str(remote.pod_cidr)
+    table = ns_exec(member.netns, "ip", "route", "show", "table", "9027").stdout
+    assert dst in table
+    assert ns_exec(member.netns, "ip", "route", "del", dst, "table", "9027").returncode == 0
+    start = time.monotonic()
+    wait_for(
+        lambda: dst in ns_exec(member.netns, "ip", "route", "show", "table", "9027").stdout,
+        3,
+        f"route {dst} back in table 9027 on {member.name}",
+    )
+    assert time.monotonic() - start < 1.5
+    assert main_table(member.netns) == running.main_before[member.name]
+
+
+def test_a_killed_wireguard_go_is_restarted_and_traffic_returns(running):
+    gw = running.gateways()["edge-b"]["status"]["activeNode"]
+    wg_if = running.lab.wg_ifname(gw)
+    found = subprocess.run(
+        ["pgrep", "-f", f"^wireguard-go {wg_if}$"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(found) == 1, found
+    subprocess.run(["kill", "-9", found[0]], check=True)
+
+    def restarted() -> bool:
+        pids = subprocess.run(
+            ["pgrep", "-f", f"^wireguard-go {wg_if}$"], capture_output=True, text=True
+        ).stdout.split()
+        return bool(pids) and pids != found
+
+    wait_for(restarted, 10, f"a new wireguard-go for {wg_if}")
+    cross = matrix.pairs(running.lab, cross_pool=True)
+    into_b = [(a, b) for a, b in cross if b.pool == "edge-b" or a.pool == "edge-b"]
+
+    def connected() -> bool:
+        return all(r.ok for r in matrix.matrix(running.lab, which=into_b, timeout=1))
+
+    wait_for(connected, 20, "traffic to and from edge-b after wireguard-go was killed")
 
 
 def test_zz_cleanup_removes_everything_raven_added_and_nothing_else(running):
@@ -231,8 +317,9 @@ def test_zz_cleanup_removes_everything_raven_added_and_nothing_else(running):
 
     assert running.env.raven("agents", "stop", gw).returncode == 0
     agent = Path(engine.agent_executable())
-    res = ns_exec(node.netns, str(agent), "--cleanup", "--state-dir", str(state),
-                  "--wg-interface", wg_if)
+    res = ns_exec(
+        node.netns, str(agent), "--cleanup", "--state-dir", str(state), "--wg-interface", wg_if
+    )
     assert res.returncode == 0, res.stderr
 
     assert main_table(node.netns) == running.main_before[gw]
