@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from raven.lab import agents as lab_agents
-from raven.lab import engine, matrix
+from raven.lab import apiserver_proc, engine, matrix
 from raven.lab.topology import TopologyError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -211,3 +211,26 @@ def agents(
             typer.echo(
                 f"{action}ed agent of {name}" if action == "kill" else f"stopped agent of {name}"
             )
+
+
+@app.command()
+def apiserver(
+    action: Annotated[str, typer.Argument(help="stop (an API outage) or start")],
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Stop or start the lab's API server; its objects survive a stop."""
+    if action not in ("stop", "start"):
+        typer.echo(f"error: action {action!r}: expected stop or start", err=True)
+        raise typer.Exit(2)
+    settings = _settings(state_dir, prefix)
+    try:
+        if action == "stop":
+            stopped = engine.stop_apiserver(settings)
+            typer.echo("API server stopped" if stopped else "API server was not running")
+        else:
+            pid = engine.start_apiserver(settings)
+            typer.echo(f"API server started (pid {pid})")
+    except (engine.LabError, apiserver_proc.ApiServerError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None

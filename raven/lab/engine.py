@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from raven.apiserver.kubeconfig import write_kubeconfig
+from raven.apiserver.pki import Pki
 from raven.lab import agents as lab_agents
 from raven.lab import apiserver_proc, netns
 from raven.lab.state import LabState, proc_start_time, stop_process
@@ -267,6 +268,51 @@ def _start_apiserver(
     st.info["gateways"] = apiserver_proc.create_gateways(lab, kubeconfig)
     st.save()
     result.kubeconfig, result.api_url = kubeconfig, host_url
+
+
+def stop_apiserver(settings: Settings) -> bool:
+    """Stop the running lab's API server (an outage); its state stays for ``start_apiserver``."""
+    st, _ = load(settings)
+    stopped = False
+    for rec in [r for r in st.of_kind("process") if r["role"] == "apiserver"]:
+        stopped |= stop_process(int(rec["pid"]), rec.get("start_time"))
+        st.records.remove(rec)
+    st.save()
+    return stopped
+
+
+def start_apiserver(settings: Settings) -> int:
+    """Start the lab's API server again with the same PKI and state; returns its PID."""
+    st, lab = load(settings)
+    if any(r["role"] == "apiserver" for r in st.of_kind("process")):
+        raise LabError("the lab API server is already running")
+    pki_dir = settings.state_dir / "pki"
+    pki = Pki(
+        ca_cert=pki_dir / "ca.crt",
+        server_cert=pki_dir / "server.crt",
+        server_key=pki_dir / "server.key",
+        token_file=pki_dir / "token",
+    )
+    log_file = settings.state_dir / "apiserver.log"
+    proc = apiserver_proc.start(
+        lab, pki, state_dir=settings.state_dir / "apiserver", log_file=log_file
+    )
+    st.add(
+        "process",
+        role="apiserver",
+        name="apiserver",
+        pid=proc.pid,
+        start_time=proc_start_time(proc.pid),
+        netns=lab.api_netns,
+    )
+    apiserver_proc.wait_ready(
+        st.info["api_url"],
+        pki.ca_cert,
+        proc,
+        timeout=settings.apiserver_timeout,
+        log_file=log_file,
+    )
+    return proc.pid
 
 
 def _start_agents(lab: Lab, st: LabState, state_dir: Path) -> list[str]:

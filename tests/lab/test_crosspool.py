@@ -306,6 +306,43 @@ def test_a_killed_wireguard_go_is_restarted_and_traffic_returns(running):
     wait_for(connected, 20, "traffic to and from edge-b after wireguard-go was killed")
 
 
+def raven_tables(running: Running) -> dict[str, str]:
+    return {
+        n.name: ns_exec(n.netns, "ip", "route", "show", "table", "9027").stdout
+        + ns_exec(n.netns, "ip", "rule", "show").stdout
+        for n in running.lab.nodes
+    }
+
+
+def test_an_api_outage_and_agent_restarts_during_it_leave_the_data_path_alone(running):
+    env = running.env
+    gw = running.gateways()["edge-a"]["status"]["activeNode"]
+    member = next(n.name for n in running.lab.nodes if n.pool == "edge-a" and n.name != gw)
+    before = raven_tables(running)
+    assert env.raven("apiserver", "stop").returncode == 0
+    try:
+        assert running.kubectl("get", "gw").returncode != 0  # the outage is real
+        time.sleep(6)  # longer than the lease: nobody can renew
+        assert [r for r in matrix.matrix(running.lab, timeout=2) if not r.ok] == []
+        restarted = env.raven("agents", "restart", gw, member)
+        assert restarted.returncode == 0, restarted.stderr
+        time.sleep(4)  # the new agents are up and cannot reach the API
+        assert [r for r in matrix.matrix(running.lab, timeout=2) if not r.ok] == []
+        assert raven_tables(running) == before
+        for node in running.lab.nodes:
+            assert main_table(node.netns) == running.main_before[node.name]
+    finally:
+        started = env.raven("apiserver", "start")
+        assert started.returncode == 0, started.stderr
+    # Back online, the agents follow the cluster again: the pool has a gateway, all peers up.
+    wait_for(
+        lambda: all(g["status"].get("activeNode") for g in running.gateways().values()),
+        20,
+        "an active gateway in every pool after the outage",
+    )
+    assert matrix.wait_full_matrix(running.lab, timeout=30) is not None
+
+
 def test_zz_cleanup_removes_everything_raven_added_and_nothing_else(running):
     """Runs last: uninstalls Raven from the edge-b gateway."""
     gw = running.gateways()["edge-b"]["status"]["activeNode"]
