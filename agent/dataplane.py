@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from agent.config import AgentSettings
+from agent.probe import Prober
 from gateway.wireguard import WireGuardDevice, WireGuardError
 from raven.model import DesiredState, Role
 from raven.netlink.mss import MssClamp
@@ -64,6 +66,10 @@ class DataPlane:
             )
         return None
 
+    def local_addresses(self) -> list[str]:
+        """Every IPv4 address on this node's links."""
+        return [a.get_attr("IFA_ADDRESS") for a in self.ipr.get_addr(family=socket.AF_INET)]
+
     def apply(self, desired: DesiredState) -> None:
         if desired.role in (Role.GATEWAY, Role.RELAY):
             self.wg.ensure(listen_port=desired.listen_port, mtu=desired.tunnel_mtu)
@@ -76,7 +82,9 @@ class DataPlane:
         self.routes.reconcile(desired.routes)
         self.rules.reconcile(desired.rules)
 
-    def peer_status(self, desired: DesiredState, view: ClusterView) -> list[dict[str, Any]]:
+    def peer_status(
+        self, desired: DesiredState, view: ClusterView, probes: Prober | None = None
+    ) -> list[dict[str, Any]]:
         """One Gateway status entry per planned peer, from the device's live dump."""
         try:
             dump = self.wg.dump()
@@ -90,7 +98,11 @@ class DataPlane:
             live = dump.peer(peer.public_key) if dump is not None else None
             node = by_key.get(peer.public_key)
             handshake = live.latest_handshake if live is not None else 0
+            figures = probes.figures(peer.public_key) if probes is not None else {}
+            # A fresh handshake proves keys and endpoints; a probe that answers nothing at all
+            # over the window proves the tunnel carries no traffic nonetheless.
             up = handshake > 0 and now - handshake < HANDSHAKE_FRESH_S
+            up = up and figures.get("lossPercent") != 100
             entries.append(
                 {
                     "node": node.name if node else "",
@@ -106,7 +118,8 @@ class DataPlane:
                         if handshake
                         else ""
                     ),
-                    "rttMs": None,
+                    "rttMs": figures.get("rttMs"),
+                    "lossPercent": figures.get("lossPercent"),
                 }
             )
         return entries

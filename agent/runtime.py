@@ -21,17 +21,18 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.dataplane import DataPlane
 from agent.events import EventRecorder
+from agent.probe import PROBE_ANNOTATION, PROBE_INTERVAL, Prober, local_probe_address
 from gateway import keys
 from raven.gatewayspec import selector_matches
 from raven.kube import GATEWAYS, NODES, KubeClient, KubeError, leases, load_config
 from raven.kube.election import LeaseElector, LeaseTimings
 from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.informer import Informer
-from raven.kube.nodes import publish_tunnel_identity
+from raven.kube.nodes import publish_node_annotations, publish_tunnel_identity
 from raven.model import DesiredState, Role
 from raven.netlink.monitor import KernelWatch
 from raven.plan import analyse, plan, pool_status
-from raven.view import ClusterView, cluster_view
+from raven.view import ClusterView, NodeView, cluster_view
 
 log = logging.getLogger("raven.agent")
 
@@ -79,6 +80,9 @@ class Agent:
         self._last_holder: str | None = None  # our pool's holder before we took over
         self._reported_problems: set[str] = set()
         self._published = False
+        self._probe_address: str | None = None  # as published in our Node's annotation
+        self.prober = Prober()
+        self._probe_state: dict[str, bool] = {}
 
     # Wiring ---------------------------------------------------------------------------------
 
@@ -109,9 +113,13 @@ class Agent:
             self.settings.wg_interface,
             self.keypair.public_key,
         )
+        probing = asyncio.create_task(self._probe_loop(), name="tunnel-probe")
         try:
             await self._loop()
         finally:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
             await self._shutdown()
 
     async def _loop(self) -> None:
@@ -146,6 +154,45 @@ class Agent:
             self._published = True
         except KubeError as error:
             log.warning("cannot publish public key yet: %s", error)
+
+    async def _probe_loop(self) -> None:
+        """Probe the peers every PROBE_INTERVAL; wake the reconcile when a peer's reachability
+        flips, so Gateway status shows it at once (RTT itself is refreshed at every reconcile)."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.prober.round()
+            except OSError as error:
+                log.warning("tunnel probe failed: %s", error)
+                continue
+            state = {k: (p.loss_percent or 0) < 100 for k, p in self.prober.peers.items()}
+            if state != self._probe_state:
+                self._probe_state = state
+                self._dirty.set()
+
+    async def _publish_probe_address(self, me: NodeView) -> None:
+        assert self.dataplane is not None
+        addresses = await self._plane(self.dataplane.local_addresses)
+        address = local_probe_address(addresses, me.pod_cidrs)
+        if address == self._probe_address:
+            return
+        try:
+            await publish_node_annotations(
+                self.client, self.settings.node_name, {PROBE_ANNOTATION: address}
+            )
+            self._probe_address = address
+        except KubeError as error:
+            log.warning("cannot publish probe address: %s", error)
+
+    def _probe_targets(self, desired: DesiredState) -> dict[str, str]:
+        """Public key -> probe address of each planned peer that published one."""
+        by_key = {}
+        for node in self.nodes.snapshot().values():
+            annotations = node.get("metadata", {}).get("annotations") or {}
+            key, address = annotations.get("raven.io/public-key"), annotations.get(PROBE_ANNOTATION)
+            if key and address:
+                by_key[key] = address
+        return {p.public_key: by_key[p.public_key] for p in desired.peers if p.public_key in by_key}
 
     async def _shutdown(self) -> None:
         log.info("agent stopping")
@@ -206,6 +253,12 @@ class Agent:
                 len(desired.peers),
             )
         self.desired = desired
+        if me is not None:
+            await self._publish_probe_address(me)
+        if desired.role in (Role.GATEWAY, Role.RELAY):
+            self.prober.set_targets(self._probe_address, self._probe_targets(desired))
+        else:
+            self.prober.set_targets(None, {})
         await self._report(view, pool, desired)
 
     # Election -------------------------------------------------------------------------------
@@ -292,7 +345,7 @@ class Agent:
             if condition["type"] in REFUSAL_CONDITIONS and condition["status"] == "False":
                 await self._problem_event(pool, condition["reason"], condition["message"])
         assert self.dataplane is not None
-        peers = await self._plane(self.dataplane.peer_status, desired, view)
+        peers = await self._plane(self.dataplane.peer_status, desired, view, self.prober)
         status["peers"] = peers
         status["peersReady"] = f"{sum(p['state'] == 'Up' for p in peers)}/{len(peers)}"
         rtts = [p["rttMs"] for p in peers if p.get("rttMs") is not None]

@@ -142,6 +142,24 @@ def test_kubectl_get_gw_lists_three_gateways_with_an_active_node_and_all_peers_u
     assert rows["cloud"][4] == "2/2" and rows["edge-a"][4] == "1/1" and rows["edge-b"][4] == "1/1"
 
 
+def test_gateway_status_carries_rtt_and_last_handshake_per_peer(running):
+    def measured() -> bool:
+        return all(
+            p.get("rttMs") is not None and p.get("lastHandshake") and g["status"].get("rtt")
+            for g in running.gateways().values()
+            for p in g["status"].get("peers", [])
+        )
+
+    wait_for(measured, 30, "an RTT and a handshake time for every peer")
+    for gw in running.gateways().values():
+        status = gw["status"]
+        worst = max(p["rttMs"] for p in status["peers"])
+        assert status["rtt"] == f"{worst:.1f}ms"
+        assert all(0 < p["rttMs"] < 1000 for p in status["peers"])
+    table = running.kubectl("get", "gw").stdout.splitlines()
+    assert all(line.split()[5].endswith("ms") for line in table[1:])
+
+
 def test_main_tables_stay_byte_identical_while_agents_run(running):
     for node in running.lab.nodes:
         assert main_table(node.netns) == running.main_before[node.name], node.name
