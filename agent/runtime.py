@@ -126,12 +126,14 @@ class Agent:
         while not self._stopping.is_set():
             if not self._published:
                 await self._publish_key()
+            # Clear before reconciling: a change arriving mid-round sets it again and is
+            # picked up at once instead of at the next resync.
+            self._dirty.clear()
             if self.nodes.synced and self.gateways.synced and self.leases.synced:
                 try:
                     await self.reconcile()
                 except Exception:  # one bad round must not kill the node's data path
                     log.exception("reconcile failed; the last applied state stays")
-            self._dirty.clear()
             waiters = [
                 asyncio.ensure_future(self._dirty.wait()),
                 asyncio.ensure_future(self._stopping.wait()),
