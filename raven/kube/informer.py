@@ -165,7 +165,7 @@ class Informer:
                 # Honour a delay the server asked for (429/503 Retry-After); otherwise our
                 # own jittered backoff decides.
                 asked = isinstance(e, TransientError) and e.status is not None
-                floor = e.delay if asked else 0.0
+                floor = e.delay if isinstance(e, TransientError) and asked else 0.0
                 delay = self.backoff.delay(failures, floor)
                 failures += 1
                 log.warning("informer %s: %s; retry in %.1fs", self.resource.plural, e, delay)

@@ -18,6 +18,9 @@ from raven.kube.client import ClientConfig
 from raven.kube.errors import Conflict, NotFound, PermanentError, TransientError
 from raven.kube.testing import client_for_kubeconfig
 
+# A hung server must fail one test fast, not stall the suite.
+pytestmark = pytest.mark.timeout(60)
+
 
 @pytest.fixture
 def apiserver(tmp_path: Path) -> Iterator[Any]:

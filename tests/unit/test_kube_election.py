@@ -18,12 +18,17 @@ from raven.kube.election import LeaseElector, LeaseTimings
 from raven.kube.errors import NotFound
 from raven.kube.testing import client_for_kubeconfig, wait_until
 
+# A hung server must fail one test fast, not stall the suite.
+pytestmark = pytest.mark.timeout(60)
+
 NS = "kube-system"
 LEASES = leases(NS)
-# Lease 1 s, renew every 0.25 s, candidates look every 0.1 s (+20 %).
-QUICK = LeaseTimings(duration=1, renew_interval=0.25, retry_interval=0.1, jitter=0.2)
-# Lease 2 s: long enough to tell "took over after a release" from "after expiry".
-SLOW_EXPIRY = LeaseTimings(duration=2, renew_interval=0.25, retry_interval=0.1, jitter=0.2)
+# Lease 2 s (long enough to tell "took over after a release" from "after expiry"), renew every
+# 0.25 s, candidates look every 0.1 s (+20 %). Requests may take up to 1 s on a loaded machine.
+QUICK = LeaseTimings(
+    duration=2, renew_interval=0.25, retry_interval=0.1, jitter=0.2, request_timeout=1.0
+)
+SLOW_EXPIRY = QUICK
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.informer import Backoff, Informer
 from raven.kube.testing import client_for_kubeconfig, install_crds, wait_until
 
+# A hung server must fail one test fast, not stall the suite.
+pytestmark = pytest.mark.timeout(60)
+
 FAST = Backoff(initial=0.05, cap=0.3, jitter=0.5)
 
 
