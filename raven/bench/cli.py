@@ -1,0 +1,101 @@
+"""``raven bench …``: run a benchmark, print its figures (``-o json`` for machines)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+Output = Annotated[str, typer.Option("-o", "--output", help="text or json")]
+
+
+def _emit(figures: dict[str, Any], output: str) -> None:
+    if output == "json":
+        typer.echo(json.dumps(figures, indent=2, sort_keys=True))
+        return
+    width = max(len(k) for k in figures) if figures else 0
+    for key, value in figures.items():
+        shown = f"{value:.3f}" if isinstance(value, float) else value
+        typer.echo(f"{key:<{width}}  {shown}")
+
+
+def _run(module: str, output: str, **kwargs: Any) -> None:
+    if output not in ("text", "json"):
+        typer.echo(f"error: -o {output!r}: expected 'text' or 'json'", err=True)
+        raise typer.Exit(2)
+    bench = importlib.import_module(f"raven.bench.{module}")
+    try:
+        figures = bench.run(**kwargs)
+    except bench.BenchError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    _emit(figures, output)
+
+
+@app.command()
+def crosspool(
+    output: Output = "text",
+    duration: Annotated[float, typer.Option(help="Seconds of each iperf3 flow.")] = 5.0,
+    rounds: Annotated[
+        int, typer.Option(help="Alternating Raven/hand-built flows; figures are medians.")
+    ] = 3,
+    skip_handbuilt: Annotated[
+        bool, typer.Option("--skip-handbuilt", help="Measure Raven only (no ratio).")
+    ] = False,
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="Lab prefix for the bench's own lab (default: bx<pid>); the "
+                     "hand-built chain uses <prefix>h."),
+    ] = None,
+    state_dir: Annotated[
+        str | None, typer.Option(help="State dir of the bench's lab (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Lab up to full ping matrix; cross-pool TCP through Raven vs a hand-built WireGuard path."""
+    _run("crosspool", output, duration=duration, rounds=rounds, skip_handbuilt=skip_handbuilt,
+         prefix=prefix, state_dir=state_dir)
+
+
+@app.command()
+def routes(
+    output: Output = "text",
+    count: Annotated[int, typer.Option(help="Routes in the full sync.")] = 10000,
+    rounds: Annotated[
+        int, typer.Option(help="Alternating ip -batch/Raven syncs; the best of each counts.")
+    ] = 3,
+) -> None:
+    """Full sync of COUNT routes by Raven's reconciler vs `ip -batch`, one-route update, idle."""
+    _run("routes", output, count=count, rounds=rounds)
+
+
+@app.command()
+def failover(
+    output: Output = "text",
+    prefix: Annotated[
+        str | None, typer.Option(help="Lab prefix for the bench's own lab (default: fo<pid>).")
+    ] = None,
+    state_dir: Annotated[
+        str | None, typer.Option(help="State dir of the bench's lab (default: a temp dir).")
+    ] = None,
+    recover_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for traffic to recover after each fault.")
+    ] = 30.0,
+    lease_duration: Annotated[
+        float | None, typer.Option(help="Agents' RAVEN_LEASE_DURATION (s); default: theirs.")
+    ] = None,
+    lease_renew: Annotated[
+        float | None, typer.Option(help="Agents' RAVEN_LEASE_RENEW (s); default: theirs.")
+    ] = None,
+    lease_retry: Annotated[
+        float | None, typer.Option(help="Agents' RAVEN_LEASE_RETRY (s); default: theirs.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
+) -> None:
+    """10 ms probe edge-a member -> edge-b while the edge-a gateway crashes, then stops."""
+    _run("failover", output, prefix=prefix, state_dir=state_dir,
+         recover_timeout=recover_timeout, lease_duration=lease_duration,
+         lease_renew=lease_renew, lease_retry=lease_retry, verbose=verbose)
