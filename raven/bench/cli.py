@@ -99,3 +99,13 @@ def failover(
     _run("failover", output, prefix=prefix, state_dir=state_dir,
          recover_timeout=recover_timeout, lease_duration=lease_duration,
          lease_renew=lease_renew, lease_retry=lease_retry, verbose=verbose)
+
+
+@app.command("cache-proxy")
+def cache_proxy(
+    output: Output = "text",
+    objects: Annotated[int, typer.Option(help="Nodes to create and cache.")] = 5000,
+    gets: Annotated[int, typer.Option(help="GETs timed, direct and through the proxy.")] = 300,
+) -> None:
+    """Added GET latency, offline list and memory of raven-cache-proxy vs the API server."""
+    _run("cacheproxy", output, objects=objects, gets=gets)

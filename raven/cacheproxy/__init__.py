@@ -1,0 +1,1 @@
+"""raven-cache-proxy: a loopback caching proxy that keeps node components working offline."""

@@ -1,0 +1,56 @@
+"""Console entry ``raven-cache-proxy``: run the caching proxy until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from raven.cacheproxy.health import HealthConfig
+from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
+
+
+async def _run(config: ProxyConfig) -> None:
+    proxy = CacheProxy(config)
+    await proxy.start()
+    scheme = "https" if config.tls_cert else "http"
+    print(f"raven-cache-proxy listening on {scheme}://{config.host}:{proxy.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await proxy.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="raven-cache-proxy")
+    p.add_argument("--upstream", required=True, help="API server URL (https://...)")
+    p.add_argument("--ca-cert", required=True, type=Path)
+    p.add_argument("--cache-dir", required=True, type=Path)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS (needed for client-go tokens)")
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--probe-interval", type=float, default=1.0)
+    p.add_argument("--healthy-after", type=int, default=3, help="consecutive successes")
+    a = p.parse_args(argv)
+    try:
+        config = ProxyConfig(
+            a.upstream,
+            a.ca_cert,
+            a.cache_dir,
+            a.host,
+            a.port,
+            HealthConfig(interval=a.probe_interval, success_threshold=a.healthy_after),
+            a.tls_cert,
+            a.tls_key,
+        )
+    except ValueError as e:
+        p.error(str(e))
+    asyncio.run(_run(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Cloud health: a probe of the API server with documented interval and thresholds.
+
+Every ``interval`` seconds (default 1 s) the probe opens an HTTPS request to ``/healthz`` with a
+``timeout`` (default 1 s). Any HTTP answer below 500 counts as success (401 still proves the API
+server is up; the proxy holds no credential of its own). One failure (``fail_threshold`` = 1)
+marks the cloud unhealthy at once; only ``success_threshold`` (default 3) consecutive successes
+mark it healthy again, so a flapping link does not make clients re-list repeatedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+
+
+@dataclass
+class HealthConfig:
+    interval: float = 1.0
+    timeout: float = 1.0
+    fail_threshold: int = 1
+    success_threshold: int = 3
+
+
+class CloudHealth:
+    def __init__(self, url: str, ssl_ctx: ssl.SSLContext, config: HealthConfig | None = None):
+        self.url = url.rstrip("/")
+        self.ssl_ctx = ssl_ctx
+        self.config = config or HealthConfig()
+        if self.config.fail_threshold < 1 or self.config.success_threshold < 1:
+            raise ValueError("health thresholds must be at least 1")
+        self.healthy = True  # optimistic at start; the first probe corrects it within a timeout
+        self._fails = 0
+        self._successes = 0
+        self.changed = asyncio.Event()  # set and replaced on every transition
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, ok: bool) -> None:
+        """Feed one probe outcome (also used by the server when a forward fails to connect)."""
+        if ok:
+            self._fails = 0
+            self._successes += 1
+            if not self.healthy and self._successes >= self.config.success_threshold:
+                self._set(True)
+        else:
+            self._successes = 0
+            self._fails += 1
+            if self.healthy and self._fails >= self.config.fail_threshold:
+                self._set(False)
+
+    def _set(self, healthy: bool) -> None:
+        self.healthy = healthy
+        old, self.changed = self.changed, asyncio.Event()
+        old.set()
+
+    async def probe_once(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+            async with session.get(self.url + "/healthz", ssl=self.ssl_ctx, timeout=timeout) as r:
+                return r.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            self.record(await self.probe_once(session))
+            await asyncio.sleep(self.config.interval)
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        self._task = asyncio.create_task(self.run(session))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

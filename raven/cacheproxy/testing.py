@@ -1,0 +1,101 @@
+"""Run the cache proxy in a background thread for tests: ``with run_proxy(api, dir) as p: ...``.
+
+A thread of its own lets synchronous clients (the ``kubernetes`` client, kubectl) talk to it from
+the test without blocking the proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kubernetes import client as k8s_client
+
+from raven.cacheproxy.health import HealthConfig
+from raven.cacheproxy.server import CacheProxy, ProxyConfig
+
+# Fast thresholds so tests see transitions within a fraction of a second.
+FAST_HEALTH = HealthConfig(interval=0.1, timeout=0.5, fail_threshold=1, success_threshold=2)
+
+
+class ProxyHandle:
+    def __init__(
+        self, proxy: CacheProxy, loop: asyncio.AbstractEventLoop, thread: threading.Thread
+    ):
+        self.proxy, self.loop, self.thread = proxy, loop, thread
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.proxy.config.tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.proxy.port}"
+
+    def wait_cloud(self, healthy: bool, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.proxy.health.healthy != healthy:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cloud did not become healthy={healthy} in {timeout} s")
+            time.sleep(0.02)
+
+
+@contextmanager
+def run_proxy(
+    upstream: str,
+    ca_cert: Path,
+    cache_dir: Path,
+    health: HealthConfig = FAST_HEALTH,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[ProxyHandle]:
+    """``tls`` = (cert, key) for 127.0.0.1; the API server's own pair from run_apiserver fits."""
+    cert, key = tls if tls else (None, None)
+    proxy = CacheProxy(
+        ProxyConfig(upstream, ca_cert, cache_dir, port=0, health=health, tls_cert=cert, tls_key=key)
+    )
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(proxy.start())
+        except BaseException as e:  # reported to the starting thread
+            errors.append(e)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True, name="raven-cacheproxy")
+    thread.start()
+    started.wait(15)
+    if errors:
+        raise RuntimeError(f"the cache proxy did not start: {errors[0]}") from errors[0]
+    try:
+        yield ProxyHandle(proxy, loop, thread)
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(15)
+        loop.close()
+
+
+def proxy_client(
+    handle: ProxyHandle,
+    token: str | None,
+    user_agent: str = "raven-test",
+    ca_cert: Path | None = None,
+) -> k8s_client.ApiClient:
+    config = k8s_client.Configuration()
+    config.host = handle.url
+    if ca_cert is not None:
+        config.ssl_ca_cert = str(ca_cert)
+    if token is not None:
+        config.api_key = {"authorization": token}
+        config.api_key_prefix = {"authorization": "Bearer"}
+    c = k8s_client.ApiClient(config)
+    c.user_agent = user_agent
+    return c
