@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,9 @@ import yaml
 from raven.kube import NODES, KubeClient, Timeouts, load_config
 from raven.kube.client import ClientConfig
 from raven.kube.errors import Conflict, NotFound, PermanentError, TransientError
-from raven.kube.testing import client_for_kubeconfig
 
 # A hung server must fail one test fast, not stall the suite.
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def apiserver(tmp_path: Path) -> Iterator[Any]:
-    from raven.apiserver.testing import run_apiserver  # only the tests that need a server
-
-    with run_apiserver(tmp_path / "api") as handle:
-        yield handle
-
-
-@pytest.fixture
-async def kube(apiserver: Any) -> AsyncIterator[KubeClient]:
-    client = client_for_kubeconfig(apiserver.kubeconfig)
-    yield client
-    await client.close()
 
 
 def write(tmp_path: Path, doc: Any) -> Path:

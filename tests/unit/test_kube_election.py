@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from raven.apiserver.testing import run_apiserver
 from raven.kube import KubeClient, leases
 from raven.kube.election import LeaseElector, LeaseTimings
 from raven.kube.errors import NotFound
@@ -29,19 +27,6 @@ QUICK = LeaseTimings(
     duration=2, renew_interval=0.25, retry_interval=0.1, jitter=0.2, request_timeout=1.0
 )
 SLOW_EXPIRY = QUICK
-
-
-@pytest.fixture
-def apiserver(tmp_path: Path) -> Iterator[Any]:
-    with run_apiserver(tmp_path / "api") as handle:
-        yield handle
-
-
-@pytest.fixture
-async def kube(apiserver: Any) -> AsyncIterator[KubeClient]:
-    client = client_for_kubeconfig(apiserver.kubeconfig)
-    yield client
-    await client.close()
 
 
 @contextlib.asynccontextmanager

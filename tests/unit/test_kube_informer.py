@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,6 @@ from raven.kube.testing import client_for_kubeconfig, install_crds, wait_until
 pytestmark = pytest.mark.timeout(60)
 
 FAST = Backoff(initial=0.05, cap=0.3, jitter=0.5)
-
-
-@pytest.fixture
-def apiserver(tmp_path: Path) -> Iterator[Any]:
-    with run_apiserver(tmp_path / "api") as handle:
-        yield handle
-
-
-@pytest.fixture
-async def kube(apiserver: Any) -> AsyncIterator[KubeClient]:
-    client = client_for_kubeconfig(apiserver.kubeconfig)
-    yield client
-    await client.close()
 
 
 def node(name: str, **labels: str) -> dict[str, Any]:

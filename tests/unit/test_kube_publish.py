@@ -4,13 +4,11 @@ loopback API server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from raven.apiserver.testing import run_apiserver
 from raven.kube import GATEWAYS, NODES, KubeClient
 from raven.kube.errors import NotFound
 from raven.kube.gateways import ensure_gateway, patch_gateway_status
@@ -21,12 +19,6 @@ from raven.kube.testing import client_for_kubeconfig, install_crds
 pytestmark = pytest.mark.timeout(60)
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-
-
-@pytest.fixture
-def apiserver(tmp_path: Path) -> Iterator[Any]:
-    with run_apiserver(tmp_path / "api") as handle:
-        yield handle
 
 
 @pytest.fixture
