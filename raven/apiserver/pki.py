@@ -28,6 +28,16 @@ class Pki:
     server_key: Path
     token_file: Path
 
+    @classmethod
+    def at(cls, directory: Path) -> Pki:
+        """The files :func:`make_pki` writes in ``directory``."""
+        return cls(
+            ca_cert=directory / "ca.crt",
+            server_cert=directory / "server.crt",
+            server_key=directory / "server.key",
+            token_file=directory / "token",
+        )
+
     @property
     def token(self) -> str:
         return self.token_file.read_text().strip()
@@ -68,9 +78,15 @@ def make_pki(directory: Path, hosts: list[str], *, days: int = 365) -> Pki:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -98,12 +114,7 @@ def make_pki(directory: Path, hosts: list[str], *, days: int = 365) -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
 
-    pki = Pki(
-        ca_cert=directory / "ca.crt",
-        server_cert=directory / "server.crt",
-        server_key=directory / "server.key",
-        token_file=directory / "token",
-    )
+    pki = Pki.at(directory)
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     pki.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(

@@ -239,21 +239,9 @@ def _start_apiserver(
     pki = apiserver_proc.make_lab_pki(
         state_dir / "pki", [str(lab.api_ip), api_host_ip, "localhost"]
     )
-    log_file = state_dir / "apiserver.log"
-    proc = apiserver_proc.start(lab, pki, state_dir=state_dir / "apiserver", log_file=log_file)
-    st.add(
-        "process",
-        role="apiserver",
-        name="apiserver",
-        pid=proc.pid,
-        start_time=proc_start_time(proc.pid),
-        netns=lab.api_netns,
-    )
     host_url = f"https://{api_host_ip}:{lab.api_port}"
     node_url = f"https://{lab.api_ip}:{lab.api_port}"
-    apiserver_proc.wait_ready(
-        host_url, pki.ca_cert, proc, timeout=settings.apiserver_timeout, log_file=log_file
-    )
+    _launch_apiserver(lab, st, state_dir, pki, host_url, settings.apiserver_timeout)
     kubeconfig = write_kubeconfig(state_dir / HOST_KUBECONFIG, host_url, pki.ca_cert, pki.token)
     write_kubeconfig(state_dir / NODE_KUBECONFIG, node_url, pki.ca_cert, pki.token)
     st.info.update(
@@ -286,17 +274,18 @@ def start_apiserver(settings: Settings) -> int:
     st, lab = load(settings)
     if any(r["role"] == "apiserver" for r in st.of_kind("process")):
         raise LabError("the lab API server is already running")
-    pki_dir = settings.state_dir / "pki"
-    pki = Pki(
-        ca_cert=pki_dir / "ca.crt",
-        server_cert=pki_dir / "server.crt",
-        server_key=pki_dir / "server.key",
-        token_file=pki_dir / "token",
+    pki = Pki.at(settings.state_dir / "pki")
+    return _launch_apiserver(
+        lab, st, settings.state_dir, pki, st.info["api_url"], settings.apiserver_timeout
     )
-    log_file = settings.state_dir / "apiserver.log"
-    proc = apiserver_proc.start(
-        lab, pki, state_dir=settings.state_dir / "apiserver", log_file=log_file
-    )
+
+
+def _launch_apiserver(
+    lab: Lab, st: LabState, state_dir: Path, pki: Pki, url: str, timeout: float
+) -> int:
+    """Start the API server in its namespace, record it, wait until ``url`` is ready."""
+    log_file = state_dir / "apiserver.log"
+    proc = apiserver_proc.start(lab, pki, state_dir=state_dir / "apiserver", log_file=log_file)
     st.add(
         "process",
         role="apiserver",
@@ -305,13 +294,7 @@ def start_apiserver(settings: Settings) -> int:
         start_time=proc_start_time(proc.pid),
         netns=lab.api_netns,
     )
-    apiserver_proc.wait_ready(
-        st.info["api_url"],
-        pki.ca_cert,
-        proc,
-        timeout=settings.apiserver_timeout,
-        log_file=log_file,
-    )
+    apiserver_proc.wait_ready(url, pki.ca_cert, proc, timeout=timeout, log_file=log_file)
     return proc.pid
 
 
