@@ -32,7 +32,7 @@ from raven.kube.nodes import publish_node_annotations, publish_tunnel_identity
 from raven.model import DesiredState, Role
 from raven.netlink.monitor import KernelWatch
 from raven.plan import analyse, plan, pool_status
-from raven.view import ClusterView, NodeView, cluster_view
+from raven.view import PUBLIC_KEY_ANNOTATION, ClusterView, NodeView, cluster_view
 
 log = logging.getLogger("raven.agent")
 
@@ -191,7 +191,7 @@ class Agent:
         by_key = {}
         for node in self.nodes.snapshot().values():
             annotations = node.get("metadata", {}).get("annotations") or {}
-            key, address = annotations.get("raven.io/public-key"), annotations.get(PROBE_ANNOTATION)
+            key, address = annotations.get(PUBLIC_KEY_ANNOTATION), annotations.get(PROBE_ANNOTATION)
             if key and address:
                 by_key[key] = address
         return {p.public_key: by_key[p.public_key] for p in desired.peers if p.public_key in by_key}
@@ -291,8 +291,8 @@ class Agent:
         wanted = pool if pool is not None and self._candidate(view, pool) else None
         current = self.elector.pool if self.elector is not None else None
         if wanted == current:
-            if self.elector is not None:
-                self.elector.wake() if not self.elector.is_holder and self._healthy() else None
+            if self.elector is not None and not self.elector.is_holder and self._healthy():
+                self.elector.wake()  # health may have just come: campaign now, not next retry
             return
         if self.elector is not None:
             await self.elector.stop(release=True)
