@@ -23,6 +23,7 @@ from agent.dataplane import DataPlane
 from agent.events import EventRecorder
 from agent.probe import PROBE_ANNOTATION, PROBE_INTERVAL, Prober, local_probe_address
 from gateway import keys
+from raven.aio import cancel_and_wait
 from raven.gatewayspec import selector_matches
 from raven.kube import GATEWAYS, NODES, KubeClient, KubeError, leases, load_config
 from raven.kube.election import LeaseElector, LeaseTimings
@@ -117,9 +118,7 @@ class Agent:
         try:
             await self._loop()
         finally:
-            probing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probing
+            await cancel_and_wait(probing)
             await self._shutdown()
 
     async def _loop(self) -> None:
@@ -201,7 +200,8 @@ class Agent:
         if self.elector is not None:
             # Hand the lease over at once so the next candidate needs no expiry wait.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.elector.stop(release=True), 3)
+                async with asyncio.timeout(3):
+                    await self.elector.stop(release=True)
         for informer in (self.nodes, self.gateways, self.leases):
             with contextlib.suppress(Exception):
                 await informer.stop()

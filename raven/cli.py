@@ -7,9 +7,15 @@ import typer
 from raven.bench.cli import app as bench_app
 from raven.lab.cli import app as lab_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Raven: cross-pool pod connectivity.")
-app.add_typer(lab_app, name="lab", help="A multi-pool cluster in network namespaces on this machine.")
-app.add_typer(bench_app, name="bench", help="Benchmarks that print their figures against a baseline.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Raven: cross-pool pod connectivity."
+)
+app.add_typer(
+    lab_app, name="lab", help="A multi-pool cluster in network namespaces on this machine."
+)
+app.add_typer(
+    bench_app, name="bench", help="Benchmarks that print their figures against a baseline."
+)
 
 
 def main() -> None:

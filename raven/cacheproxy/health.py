@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from raven.aio import cancel_and_wait
+
 
 @dataclass
 class HealthConfig:
@@ -72,9 +74,5 @@ class CloudHealth:
         self._task = asyncio.create_task(self.run(session))
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

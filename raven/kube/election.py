@@ -32,6 +32,7 @@ and ~3.4 reads per second per pool. Failover after a crash takes duration + up t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime as dt
 import logging
@@ -41,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from raven.aio import cancel_and_wait
 from raven.kube.client import JSON, KubeClient
 from raven.kube.errors import Conflict, KubeError, NotFound, TransientError
 from raven.kube.notify import Generation
@@ -214,11 +216,7 @@ class LeaseElector:
         task, self._task = self._task, None
         self._release_on_exit = release
         if task is not None and not task.done():
-            task.cancel()  # run()'s finally releases, shielded
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(task)  # run()'s finally releases, shielded
         elif release:
             await asyncio.shield(self.release())
         self._release_on_exit = True
@@ -238,10 +236,9 @@ class LeaseElector:
                 if self._out_until > time.monotonic():
                     delay = min(delay, max(0.0, self._out_until - time.monotonic()))
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
         finally:
             if self._release_on_exit:
                 await asyncio.shield(self.release())
@@ -307,7 +304,8 @@ class LeaseElector:
 
     async def _call(self, coro: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(coro, self.timings.timeout)
+            async with asyncio.timeout(self.timings.timeout):
+                return await coro
         except TimeoutError as e:
             raise TransientError(
                 f"lease {self.lease_name}: no answer within {self.timings.timeout}s",

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from raven.aio import cancel_and_wait
 from raven.kube.client import JSON, KubeClient
 from raven.kube.errors import Expired, KubeError, TransientError
 from raven.kube.notify import Generation
@@ -113,7 +114,8 @@ class Informer:
         return await self._gen.wait_newer(seen, timeout)
 
     async def wait_synced(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._synced_event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._synced_event.wait()
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(type, obj)`` for every change, re-list differences included."""
@@ -128,13 +130,8 @@ class Informer:
 
     async def stop(self) -> None:
         """Cancel the watch and wait for the task to end. The cache stays readable."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def run(self) -> None:
         """Forever: list when needed, watch, recover. Only cancellation ends it."""

@@ -38,4 +38,5 @@ class Generation:
                 await cond.wait_for(lambda: self.value > seen)
                 return self.value
 
-        return await asyncio.wait_for(_wait(), timeout)
+        async with asyncio.timeout(timeout):
+            return await _wait()
