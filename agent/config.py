@@ -46,14 +46,32 @@ class AgentSettings(BaseSettings):
         default="kube-system", description="Namespace of the per-pool Leases"
     )
     lease_duration: float = Field(
-        default=4.0,
+        default=2.0,
         gt=0,
-        description="Seconds a Lease stays valid without renewal; failover takes about this long",
+        description=(
+            "Seconds a Lease stays valid without renewal (whole seconds); a crashed gateway is"
+            " replaced after about this long"
+        ),
     )
     lease_renew: float = Field(
-        default=1.0, gt=0, description="Seconds between renewals by the holder"
+        default=0.5, gt=0, description="Seconds between renewals by the holder"
     )
-    lease_retry: float = Field(default=0.5, gt=0, description="Seconds between campaign attempts")
+    lease_retry: float = Field(
+        default=0.25, gt=0, description="Seconds between campaign attempts of the other candidates"
+    )
+    dead_tunnel_rounds: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Probe rounds (2 s each) in a row without an answer from the relay after which the"
+            " active edge gateway hands over to another ready candidate"
+        ),
+    )
+    step_down_backoff: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a gateway that stepped down stays out of its pool's election",
+    )
     resync: float = Field(
         default=10.0, gt=0, description="Seconds between full reconciles when nothing changed"
     )

@@ -70,7 +70,9 @@ class DataPlane:
         """Every IPv4 address on this node's links."""
         return [a.get_attr("IFA_ADDRESS") for a in self.ipr.get_addr(family=socket.AF_INET)]
 
-    def apply(self, desired: DesiredState) -> None:
+    def apply(self, desired: DesiredState, *, resync: bool = True) -> None:
+        """Apply ``desired``. ``resync=False`` (a change from the cluster) trusts the route
+        reconciler's last view and skips the table dump; drift and the timer resync."""
         if desired.role in (Role.GATEWAY, Role.RELAY):
             self.wg.ensure(listen_port=desired.listen_port, mtu=desired.tunnel_mtu)
             self.wg.reconcile_peers(desired.peers)
@@ -79,7 +81,7 @@ class DataPlane:
         elif self.wg.exists():
             # Keep the device (a re-election needs no new process), but carry nothing.
             self.wg.reconcile_peers(())
-        self.routes.reconcile(desired.routes)
+        self.routes.reconcile(desired.routes, resync=resync)
         self.rules.reconcile(desired.rules)
 
     def peer_status(

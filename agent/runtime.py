@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
+import functools
 import logging
 import signal
 from collections.abc import Mapping
@@ -33,7 +35,13 @@ from raven.kube.nodes import publish_node_annotations, publish_tunnel_identity
 from raven.model import DesiredState, Role
 from raven.netlink.monitor import KernelWatch
 from raven.plan import analyse, plan, pool_status
-from raven.view import PUBLIC_KEY_ANNOTATION, ClusterView, NodeView, cluster_view
+from raven.view import (
+    PUBLIC_KEY_ANNOTATION,
+    ClusterView,
+    NodeView,
+    cluster_view,
+    lease_holder,
+)
 
 log = logging.getLogger("raven.agent")
 
@@ -53,6 +61,29 @@ def leases_by_pool(objs: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, An
         for name, obj in objs.items()
         if name.startswith(LEASE_PREFIX) and len(name) > len(LEASE_PREFIX)
     }
+
+
+def sticky_holders(
+    leases: Mapping[str, Mapping[str, Any]], last: dict[str, str]
+) -> dict[str, Mapping[str, Any]]:
+    """Pool -> Lease, where a Lease that names nobody (released, or a new pool's first moments)
+    is replaced by one naming ``last[pool]``, the holder seen before. Records every named holder
+    in ``last``. A holder that left the pool is still refused by the planner."""
+    out: dict[str, Mapping[str, Any]] = dict(leases)
+    for pool, lease in leases.items():
+        holder = lease_holder(lease)
+        if holder:
+            last[pool] = holder
+    for pool, holder in last.items():
+        if not lease_holder(out.get(pool)):
+            out[pool] = {"spec": {"holderIdentity": holder}}
+    return out
+
+
+def carrying(desired: DesiredState) -> DesiredState:
+    """``desired`` with only the peers that carry traffic (the relay's standby peers, which
+    have no AllowedIPs, are neither probed nor reported)."""
+    return dataclasses.replace(desired, peers=tuple(p for p in desired.peers if p.allowed_ips))
 
 
 class Agent:
@@ -75,6 +106,14 @@ class Agent:
         self.view: ClusterView | None = None
         self.desired: DesiredState | None = None
         self._dirty = asyncio.Event()
+        # Dump the route table on the next apply: at start, after kernel drift, on the resync
+        # timer and after a failed apply. Cluster changes alone trust the reconciler's view.
+        self._resync_due = True
+        # Pool -> the last Lease holder seen. While a pool's Lease names nobody (released, or
+        # between holders) everyone keeps following it: dropping routes and peers in that gap
+        # would only lose packets the old gateway may still carry (DESIGN invariant 3).
+        self._last_holders: dict[str, str] = {}
+        self._dead_rounds = 0  # consecutive probe rounds in which our relay peer answered nothing
         self._stopping = asyncio.Event()
         self._last_status: dict[str, Any] | None = None
         self._last_role: Role | None = None
@@ -90,6 +129,10 @@ class Agent:
     def _mark_dirty(self, *_: object) -> None:
         self._dirty.set()
 
+    def _drifted(self) -> None:
+        self._resync_due = True
+        self._dirty.set()
+
     async def _plane(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._plane_thread, fn, *args)
 
@@ -99,7 +142,7 @@ class Agent:
         # Someone deleting our route or rule, or wireguard-go dying (its link vanishes), is
         # undone by the next reconcile: within a second, not at the next resync.
         self.kernel_watch = KernelWatch(
-            lambda reason: loop.call_soon_threadsafe(self._dirty.set),
+            lambda reason: loop.call_soon_threadsafe(self._drifted),
             tables=(self.settings.table,),
         )
         self.kernel_watch.start()
@@ -137,11 +180,13 @@ class Agent:
                 asyncio.ensure_future(self._dirty.wait()),
                 asyncio.ensure_future(self._stopping.wait()),
             ]
-            _, pending = await asyncio.wait(
+            done, pending = await asyncio.wait(
                 waiters, timeout=self.settings.resync, return_when=asyncio.FIRST_COMPLETED
             )
             for waiter in pending:
                 waiter.cancel()
+            if not done:
+                self._resync_due = True  # the periodic check: look at the kernel again
 
     async def _publish_key(self) -> None:
         """Publish the WireGuard public key before any election, so failover never waits."""
@@ -170,6 +215,7 @@ class Agent:
             if state != self._probe_state:
                 self._probe_state = state
                 self._dirty.set()
+            await self._check_tunnel()
 
     async def _publish_probe_address(self, me: NodeView) -> None:
         assert self.dataplane is not None
@@ -218,13 +264,15 @@ class Agent:
         return self.nodes.get(self.settings.node_name)
 
     def _holders(self, view_leases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Our own elector reads the pool's lease more often than the informer; prefer it."""
+        """Pool -> Lease as the planner should see it. Our own elector reads the pool's lease
+        more often than the informer, so its word wins; a Lease naming nobody keeps the last
+        holder seen (see ``_last_holders``)."""
         if self.elector is not None and self.elector.seen_holder is not None:
             lease = {"spec": {"holderIdentity": self.elector.seen_holder}}
             view_leases = {**view_leases, self.elector.pool: lease}
         elif self.elector is not None and self.elector.generation and not self.elector.seen_holder:
             view_leases = {k: v for k, v in view_leases.items() if k != self.elector.pool}
-        return view_leases
+        return sticky_holders(view_leases, self._last_holders)
 
     async def reconcile(self) -> None:
         settings = self.settings
@@ -246,7 +294,12 @@ class Agent:
             log.warning("no interface holds this node's InternalIP yet; nothing applied")
             return
         desired = plan(view, identity)
-        await self._plane(self.dataplane.apply, desired)
+        resync, self._resync_due = self._resync_due, False
+        try:
+            await self._plane(functools.partial(self.dataplane.apply, desired, resync=resync))
+        except Exception:
+            self._resync_due = True  # what failed is unknown: look at the kernel next time
+            raise
         if desired != self.desired:
             log.info(
                 "applied role=%s routes=%d peers=%d",
@@ -258,7 +311,7 @@ class Agent:
         if me is not None:
             await self._publish_probe_address(me)
         if desired.role in (Role.GATEWAY, Role.RELAY):
-            self.prober.set_targets(self._probe_address, self._probe_targets(desired))
+            self.prober.set_targets(self._probe_address, self._probe_targets(carrying(desired)))
         else:
             self.prober.set_targets(None, {})
         await self._report(view, pool, desired)
@@ -313,10 +366,66 @@ class Agent:
                 duration=max(1, round(s.lease_duration)),
                 renew_interval=s.lease_renew,
                 retry_interval=s.lease_retry,
+                # A loaded API server may take longer than one renew interval to answer; the
+                # renew deadline still bounds how long we claim the lease without proof.
+                request_timeout=max(s.lease_renew, s.lease_duration / 2),
             ),
         )
         self.elector.add_listener(self._mark_dirty)
         self.elector.start()
+
+    # Health-driven step-down ----------------------------------------------------------------
+
+    async def _check_tunnel(self) -> None:
+        """An edge gateway whose relay peer has answered no probe for ``dead_tunnel_rounds``
+        rounds in a row hands the pool to another ready candidate and stays out for
+        ``step_down_backoff`` seconds. The relay never steps down this way: a dead edge says
+        nothing about the relay's own health."""
+        elector, desired = self.elector, self.desired
+        if elector is None or desired is None or desired.role != Role.GATEWAY:
+            self._dead_rounds = 0
+            return
+        probes = [self.prober.peers.get(p.public_key) for p in carrying(desired).peers]
+        if not elector.is_holder or not probes or any(p is None or not p.results for p in probes):
+            self._dead_rounds = 0
+            return
+        if any(p.results[-1] is not None for p in probes if p is not None):
+            self._dead_rounds = 0
+            return
+        self._dead_rounds += 1
+        if self._dead_rounds < self.settings.dead_tunnel_rounds:
+            return
+        other = self._ready_candidate(elector.pool)
+        if other is None:
+            return  # nobody could do better: keep trying ourselves
+        self._dead_rounds = 0
+        message = (
+            f"{self.settings.node_name} steps down as gateway of pool {elector.pool}: its tunnel"
+            f" to the relay answered no probe for {self.settings.dead_tunnel_rounds} rounds;"
+            f" {other} is ready to take over"
+        )
+        log.warning("%s", message)
+        await elector.step_down(self.settings.step_down_backoff)
+        self._dirty.set()
+        await self.events.gateway_event(elector.pool, "Warning", "GatewayStepDown", message)
+
+    def _ready_candidate(self, pool: str) -> str | None:
+        """Another node of ``pool`` that could serve: Ready, a candidate, key published."""
+        view = self.view
+        if view is None:
+            return None
+        gw = view.gateways.get(pool)
+        selector = gw.spec.candidate_selector if gw is not None and gw.spec is not None else None
+        for node in view.nodes:
+            if (
+                node.pool == pool
+                and node.name != self.settings.node_name
+                and node.ready
+                and node.public_key
+                and selector_matches(selector, node.labels)
+            ):
+                return node.name
+        return None
 
     # Report ---------------------------------------------------------------------------------
 
@@ -347,7 +456,7 @@ class Agent:
             if condition["type"] in REFUSAL_CONDITIONS and condition["status"] == "False":
                 await self._problem_event(pool, condition["reason"], condition["message"])
         assert self.dataplane is not None
-        peers = await self._plane(self.dataplane.peer_status, desired, view, self.prober)
+        peers = await self._plane(self.dataplane.peer_status, carrying(desired), view, self.prober)
         status["peers"] = peers
         status["peersReady"] = f"{sum(p['state'] == 'Up' for p in peers)}/{len(peers)}"
         rtts = [p["rttMs"] for p in peers if p.get("rttMs") is not None]

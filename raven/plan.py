@@ -11,7 +11,9 @@ Rules it applies (DESIGN.md, "Data path"):
 * Members: one rule, and a route per reachable remote CIDR via the own pool's gateway, on-link.
 * Gateways and the relay: one rule, a route per reachable remote CIDR into the WireGuard device,
   forwarding on; an edge gateway peers with the relay, the relay with every reachable pool's
-  gateway. A peer without a published public key is left out (a problem).
+  gateway (carrying that pool's CIDRs) and, as standby peers without AllowedIPs, with the pool's
+  other candidates, so a failover's first handshake is never dropped. A peer without a published
+  public key is left out (a problem).
 * Overlapping pod CIDRs: when any CIDR of pool A overlaps any CIDR of pool B, both pools are
   refused - nothing of theirs is routed or peered, anywhere - and the other pools are unaffected.
   Refusing both (not "the newer one") keeps the rule independent of timing and history.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from raven.gatewayspec import GatewaySpec
+from raven.gatewayspec import GatewaySpec, selector_matches
 from raven.model import DesiredState, PeerSpec, Role, RouteSpec, RuleSpec
 from raven.mtu import route_mtu, tunnel_mtu
 from raven.view import ClusterView, GatewayView, Identity, NodeView
@@ -246,8 +248,11 @@ def _edge_peers(facts: Analysis, pool: PoolState, problems: list[str]) -> tuple[
 
 
 def _relay_peers(facts: Analysis, pool: PoolState, problems: list[str]) -> tuple[PeerSpec, ...]:
-    """The relay's peers: one per reachable pool's gateway; their endpoints come from
-    handshakes unless the pool's spec pins one."""
+    """The relay's peers: for each reachable pool, its gateway carrying the pool's subnets, and
+    every other candidate of the pool as a standby peer with no AllowedIPs. Keys are published
+    before any election, so a new gateway's first handshake is accepted at once; the relay only
+    moves the AllowedIPs when it sees the new holder. Endpoints come from handshakes unless the
+    pool's spec pins one."""
     peers = []
     for other in facts.pools.values():
         if not facts.reachable(pool.name, other.name) or other.gateway is None:
@@ -261,7 +266,26 @@ def _relay_peers(facts: Analysis, pool: PoolState, problems: list[str]) -> tuple
         peers.append(
             PeerSpec(other.gateway.public_key, other.subnets, endpoint=other.spec.endpoint)
         )
-    return tuple(sorted(peers))
+        for node in other.nodes:
+            if (
+                node is other.gateway
+                or node.public_key is None
+                or node.public_key == other.gateway.public_key
+                or not selector_matches(other.spec.candidate_selector, node.labels)
+            ):
+                continue
+            peers.append(PeerSpec(node.public_key, (), endpoint=other.spec.endpoint))
+    return _distinct_keys(peers)
+
+
+def _distinct_keys(peers: list[PeerSpec]) -> tuple[PeerSpec, ...]:
+    """One peer per key (WireGuard's identity): a carrying peer wins over a standby copy."""
+    by_key: dict[str, PeerSpec] = {}
+    for peer in peers:
+        kept = by_key.get(peer.public_key)
+        if kept is None or (not kept.allowed_ips and peer.allowed_ips):
+            by_key[peer.public_key] = peer
+    return tuple(sorted(by_key.values()))
 
 
 def _unique(problems: list[str]) -> tuple[str, ...]:

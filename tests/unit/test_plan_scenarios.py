@@ -136,7 +136,16 @@ def gateway_state(role: Role, cidrs: tuple[str, ...], *peers: PeerSpec, **kw: An
 
 
 TO_RELAY_FROM_A = PeerSpec(key("c1"), CLOUD + EDGE_B, "198.18.0.1:51820", 5)
-RELAY_PEERS = (PeerSpec(key("a1"), EDGE_A), PeerSpec(key("b1"), EDGE_B))
+
+
+def standby(*names: str, endpoint: str | None = None) -> tuple[PeerSpec, ...]:
+    """The relay's standby peers: a pool's other candidates, known by key, carrying nothing."""
+    return tuple(PeerSpec(key(n), (), endpoint) for n in names)
+
+
+RELAY_A = (PeerSpec(key("a1"), EDGE_A), *standby("a2", "a3"))
+RELAY_B = (PeerSpec(key("b1"), EDGE_B), *standby("b2"))
+RELAY_PEERS = RELAY_A + RELAY_B
 
 SCENARIOS = {
     "edge-a/member": ("a2", DesiredState(Role.MEMBER, via("a1", *CLOUD, *EDGE_B), RULE)),
@@ -182,7 +191,11 @@ def test_node_joins_new_subnet_reaches_relay_peer_and_every_remote_table() -> No
     cluster = view([*base_nodes(), node("a4", "edge-a", new, ip="192.168.1.14")])
     edge_a = EDGE_A + (new,)
     assert plan(cluster, me("c1")) == gateway_state(
-        Role.RELAY, edge_a + EDGE_B, PeerSpec(key("a1"), edge_a), RELAY_PEERS[1]
+        Role.RELAY,
+        edge_a + EDGE_B,
+        PeerSpec(key("a1"), edge_a),
+        *standby("a2", "a3", "a4"),
+        *RELAY_B,
     )
     assert plan(cluster, me("c2")) == DesiredState(Role.MEMBER, via("c1", *edge_a, *EDGE_B), RULE)
     assert plan(cluster, me("b2")) == DesiredState(Role.MEMBER, via("b1", *CLOUD, *edge_a), RULE)
@@ -196,7 +209,7 @@ def test_node_joins_new_subnet_reaches_relay_peer_and_every_remote_table() -> No
 def test_node_leaves_its_subnet_disappears_everywhere() -> None:
     cluster = view([n for n in base_nodes() if n["metadata"]["name"] != "b2"])
     assert plan(cluster, me("c1")) == gateway_state(
-        Role.RELAY, EDGE_A + (B1,), RELAY_PEERS[0], PeerSpec(key("b1"), (B1,))
+        Role.RELAY, EDGE_A + (B1,), *RELAY_A, PeerSpec(key("b1"), (B1,))
     )
     assert plan(cluster, me("a3")) == DesiredState(Role.MEMBER, via("a1", *CLOUD, B1), RULE)
     assert plan(cluster, me("b2")) == DesiredState()  # gone from the view: Raven leaves it
@@ -208,7 +221,7 @@ def test_members_repoint_when_gateway_moves_and_relay_peer_changes_key() -> None
     assert plan(cluster, me("a1")) == DesiredState(Role.MEMBER, via("a3", *CLOUD, *EDGE_B), RULE)
     assert plan(cluster, me("a3")) == gateway_state(Role.GATEWAY, CLOUD + EDGE_B, TO_RELAY_FROM_A)
     assert plan(cluster, me("c1")) == gateway_state(
-        Role.RELAY, EDGE_A + EDGE_B, PeerSpec(key("a3"), EDGE_A), RELAY_PEERS[1]
+        Role.RELAY, EDGE_A + EDGE_B, PeerSpec(key("a3"), EDGE_A), *standby("a1", "a2"), *RELAY_B
     )
 
 
@@ -234,7 +247,13 @@ def test_relay_spec_endpoint_wins_over_node_annotation() -> None:
     assert relay.listen_port == 4500
     # A pool whose spec pins an endpoint is dialled there; the others are learned.
     assert relay.peers == tuple(
-        sorted([PeerSpec(key("a1"), EDGE_A), PeerSpec(key("b1"), EDGE_B, "[2001:db8::1]:9")])
+        sorted(
+            [
+                *RELAY_A,
+                PeerSpec(key("b1"), EDGE_B, "[2001:db8::1]:9"),
+                *standby("b2", endpoint="[2001:db8::1]:9"),
+            ]
+        )
     )
 
 
@@ -246,7 +265,7 @@ def test_pool_without_holder_members_keep_rule_only_and_others_drop_its_routes()
     assert plan(cluster, me("a2")) == DesiredState(Role.MEMBER, (), RULE, problems=(NO_HOLDER_A,))
     assert plan(cluster, me("a1")) == DesiredState(Role.MEMBER, (), RULE, problems=(NO_HOLDER_A,))
     assert plan(cluster, me("c1")) == gateway_state(
-        Role.RELAY, EDGE_B, RELAY_PEERS[1], problems=(NO_HOLDER_A,)
+        Role.RELAY, EDGE_B, *RELAY_B, problems=(NO_HOLDER_A,)
     )
     assert plan(cluster, me("b2")) == DesiredState(
         Role.MEMBER, via("b1", *CLOUD), RULE, problems=(NO_HOLDER_A,)
@@ -297,7 +316,9 @@ def test_node_without_pod_cidr_is_a_member_contributing_no_subnet() -> None:
     nodes = [n for n in base_nodes() if n["metadata"]["name"] != "a3"]
     cluster = view([*nodes, node("a3", "edge-a", None)])
     assert plan(cluster, me("a3")) == DesiredState(Role.MEMBER, via("a1", *CLOUD, *EDGE_B), RULE)
-    assert plan(cluster, me("c1")).peers == (PeerSpec(key("a1"), (A1, A2)), RELAY_PEERS[1])
+    assert plan(cluster, me("c1")).peers == tuple(
+        sorted((PeerSpec(key("a1"), (A1, A2)), *standby("a2", "a3"), *RELAY_B))
+    )
 
 
 def test_node_outside_any_pool_gets_nothing() -> None:
@@ -315,7 +336,7 @@ def test_missing_public_key_leaves_the_peer_out_with_a_problem() -> None:
     edge_problem = "pool edge-b: gateway b1 has no published public key yet; peer left out"
     relay_problem = "relay pool cloud: gateway c1 has no published public key yet; peer left out"
     assert plan(cluster, me("c1")) == gateway_state(
-        Role.RELAY, EDGE_A + EDGE_B, RELAY_PEERS[0], problems=(edge_problem,)
+        Role.RELAY, EDGE_A + EDGE_B, *RELAY_A, problems=(edge_problem,)
     )
     assert plan(cluster, me("a1")) == gateway_state(
         Role.GATEWAY, CLOUD + EDGE_B, problems=(relay_problem,)
@@ -331,7 +352,7 @@ def test_invalid_key_annotation_counts_as_missing_and_is_named() -> None:
         " bytes), got 'not-a-key'; ignored",
         "pool edge-b: gateway b1 has no published public key yet; peer left out",
     )
-    assert plan(cluster, me("c1")).peers == (RELAY_PEERS[0],)
+    assert plan(cluster, me("c1")).peers == tuple(sorted(RELAY_A))
 
 
 def test_no_relay_pool_and_several_relay_pools_mean_no_relay() -> None:
@@ -430,3 +451,21 @@ def test_pool_status_for_refused_pool_without_holder() -> None:
     assert status["conditions"][1]["message"] == OVERLAP
     relay_status = pool_status(cluster, "cloud")
     assert relay_status["endpoint"] == "198.18.0.1:51820"  # the node's published endpoint
+
+
+def test_relay_standby_peers_follow_the_candidate_selector_and_move_allowed_ips() -> None:
+    # Only candidates become gateways, so only they are worth a standby peer on the relay.
+    gws = [*base_gateways()[:1], gateway("edge-a", candidateSelector={"matchLabels": {"gw": "y"}})]
+    nodes = base_nodes()
+    for n in nodes:
+        if n["metadata"]["name"] in ("a1", "a3"):
+            n["metadata"]["labels"]["gw"] = "y"
+    cluster = view(nodes, gws + base_gateways()[2:])
+    assert plan(cluster, me("c1")).peers == tuple(
+        sorted((PeerSpec(key("a1"), EDGE_A), *standby("a3"), *RELAY_B))
+    )
+    # When a3 takes over, the same two peers stay; only the AllowedIPs move between them.
+    moved = view(nodes, gws + base_gateways()[2:], holders={**BASE_HOLDERS, "edge-a": "a3"})
+    assert plan(moved, me("c1")).peers == tuple(
+        sorted((PeerSpec(key("a3"), EDGE_A), *standby("a1"), *RELAY_B))
+    )
