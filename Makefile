@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := iproute2 iptables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping \
-	procps kmod openssl python3-venv ca-certificates
+	procps kmod openssl python3-venv ca-certificates conntrack
 STAMP := $(VENV)/.raven-installed
 
 .PHONY: setup lab lab-down test test-unit lint clean

@@ -19,6 +19,7 @@ from raven.lab import engine, matrix
 from raven.lab.topology import Lab
 
 from .labkit import LabEnv, make_env
+from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
 
@@ -288,14 +289,17 @@ def test_a_raven_route_deleted_by_someone_else_is_back_within_a_second(running):
     dst = str(remote.pod_cidr)
     table = ns_exec(member.netns, "ip", "route", "show", "table", "9027").stdout
     assert dst in table
-    assert ns_exec(member.netns, "ip", "route", "del", dst, "table", "9027").returncode == 0
-    start = time.monotonic()
-    wait_for(
-        lambda: dst in ns_exec(member.netns, "ip", "route", "show", "table", "9027").stdout,
-        3,
-        f"route {dst} back in table 9027 on {member.name}",
-    )
-    assert time.monotonic() - start < 1.5
+    neighbour = next(n for n in running.lab.nodes if n.pool == "edge-a" and n != member)
+    with SteadyPing(running.pod_of(member.name), running.pod_of(neighbour.name)) as steady:
+        assert ns_exec(member.netns, "ip", "route", "del", dst, "table", "9027").returncode == 0
+        start = time.monotonic()
+        wait_for(
+            lambda: dst in ns_exec(member.netns, "ip", "route", "show", "table", "9027").stdout,
+            3,
+            f"route {dst} back in table 9027 on {member.name}",
+        )
+        assert time.monotonic() - start < 1.5
+    steady.assert_lossless()  # the pool's own traffic never noticed
     assert main_table(member.netns) == running.main_before[member.name]
 
 
@@ -306,6 +310,8 @@ def test_a_killed_wireguard_go_is_restarted_and_traffic_returns(running):
         ["pgrep", "-f", f"^wireguard-go {wg_if}$"], capture_output=True, text=True
     ).stdout.split()
     assert len(found) == 1, found
+    b_pods = [p for p in running.lab.pods if p.pool == "edge-b"]
+    steady = SteadyPing(b_pods[0], b_pods[1]).__enter__()
     subprocess.run(["kill", "-9", found[0]], check=True)
 
     def restarted() -> bool:
@@ -322,6 +328,8 @@ def test_a_killed_wireguard_go_is_restarted_and_traffic_returns(running):
         return all(r.ok for r in matrix.matrix(running.lab, which=into_b, timeout=1))
 
     wait_for(connected, 20, "traffic to and from edge-b after wireguard-go was killed")
+    steady.__exit__(None, None, None)
+    steady.assert_lossless()
 
 
 def raven_tables(running: Running) -> dict[str, str]:
@@ -337,6 +345,8 @@ def test_an_api_outage_and_agent_restarts_during_it_leave_the_data_path_alone(ru
     gw = running.gateways()["edge-a"]["status"]["activeNode"]
     member = next(n.name for n in running.lab.nodes if n.pool == "edge-a" and n.name != gw)
     before = raven_tables(running)
+    a_pods = [p for p in running.lab.pods if p.pool == "edge-a"]
+    steady = SteadyPing(a_pods[0], a_pods[1]).__enter__()
     assert env.raven("apiserver", "stop").returncode == 0
     try:
         assert running.kubectl("get", "gw").returncode != 0  # the outage is real
@@ -349,7 +359,11 @@ def test_an_api_outage_and_agent_restarts_during_it_leave_the_data_path_alone(ru
         assert raven_tables(running) == before
         for node in running.lab.nodes:
             assert main_table(node.netns) == running.main_before[node.name]
+        steady.__exit__(None, None, None)
+        steady.assert_lossless()
     finally:
+        if steady.proc.poll() is None:
+            steady.__exit__(None, None, None)
         started = env.raven("apiserver", "start")
         assert started.returncode == 0, started.stderr
     # Back online, the agents follow the cluster again: the pool has a gateway, all peers up.
