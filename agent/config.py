@@ -7,7 +7,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from raven.model import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE
+from raven.model import (
+    DEFAULT_RULE_PRIORITY,
+    DEFAULT_TABLE,
+    DEFAULT_VXLAN_PORT,
+    DEFAULT_VXLAN_VNI,
+    default_vxlan_dev,
+)
 
 
 class AgentSettings(BaseSettings):
@@ -32,6 +38,24 @@ class AgentSettings(BaseSettings):
     )
     pool_label: str = Field(
         default="apps.openyurt.io/nodepool", description="Node label naming the pool"
+    )
+    vxlan_interface: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=15,
+        description=(
+            "VXLAN device towards a pool gateway that is not on-link; default derived from"
+            " wg_interface: its last 'wg' becomes 'vx' (rlwg3 -> rlvx3), else '-vx' is appended"
+        ),
+    )
+    vxlan_vni: int = Field(
+        default=DEFAULT_VXLAN_VNI, ge=1, le=2**24 - 1, description="VNI of Raven's VXLAN link"
+    )
+    vxlan_port: int = Field(
+        default=DEFAULT_VXLAN_PORT,
+        ge=1,
+        le=65535,
+        description="UDP port of Raven's VXLAN link (the same on every node of a pool)",
     )
     table: int = Field(
         default=DEFAULT_TABLE, ge=1, le=2**31 - 1, description="Raven's routing table id"
@@ -75,3 +99,8 @@ class AgentSettings(BaseSettings):
     resync: float = Field(
         default=10.0, gt=0, description="Seconds between full reconciles when nothing changed"
     )
+
+    @property
+    def vxlan_dev(self) -> str:
+        """Raven's VXLAN device name: ``vxlan_interface``, or derived from ``wg_interface``."""
+        return self.vxlan_interface or default_vxlan_dev(self.wg_interface)

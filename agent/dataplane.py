@@ -2,7 +2,8 @@
 
 The only place in the agent that touches netlink, ``wg`` or iptables, always through the
 reconcilers (which diff and change only the difference). Order matters: the WireGuard device
-exists before routes point into it, and routes exist before the rule sends lookups to them.
+and the VXLAN link exist before routes point into them, routes exist before the rule sends
+lookups to them, and a VXLAN link no longer wanted goes only after the routes have left it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ipaddress
 import logging
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -19,10 +21,12 @@ from agent.config import AgentSettings
 from agent.probe import Prober
 from gateway.wireguard import WireGuardDevice, WireGuardError
 from raven.model import DesiredState, Role
+from raven.netlink.errors import NetlinkError
 from raven.netlink.mss import MssClamp
 from raven.netlink.routes import RouteReconciler
 from raven.netlink.rules import RuleReconciler
 from raven.netlink.sysctl import ensure_ip_forward
+from raven.netlink.vxlan import VxlanReconciler
 from raven.view import ClusterView, Identity
 
 log = logging.getLogger("raven.agent.dataplane")
@@ -42,6 +46,11 @@ class DataPlane:
         self.rules = RuleReconciler(self.ipr)
         self.wg = WireGuardDevice(settings.wg_interface, state_dir=settings.state_dir)
         self.mss = MssClamp()
+        self.vxlan = VxlanReconciler(
+            self.ipr, settings.vxlan_dev, vni=settings.vxlan_vni, port=settings.vxlan_port
+        )
+        self._underlay_dev: str | None = None  # as found by the last identity()
+        self._rp_filter_warned = False
 
     def close(self) -> None:
         self.ipr.close()
@@ -55,12 +64,24 @@ class DataPlane:
             if addr.get_attr("IFA_ADDRESS") != internal_ip:
                 continue
             link = self.ipr.get_links(addr["index"])[0]
+            subnets = {
+                ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
+                for a in self.ipr.get_addr(index=addr["index"])
+            }
+            self._underlay_dev = link.get_attr("IFLA_IFNAME")
             return Identity(
                 node_name=self.settings.node_name,
                 underlay_dev=link.get_attr("IFLA_IFNAME"),
                 underlay_mtu=link.get_attr("IFLA_MTU"),
                 underlay_family=family,
+                underlay_subnets=tuple(
+                    n.with_prefixlen
+                    for n in sorted(subnets, key=lambda n: (n.version, n.network_address))
+                ),
                 wg_dev=self.settings.wg_interface,
+                vxlan_dev=self.settings.vxlan_dev,
+                vxlan_vni=self.settings.vxlan_vni,
+                vxlan_port=self.settings.vxlan_port,
                 table=self.settings.table,
                 rule_priority=self.settings.rule_priority,
             )
@@ -81,8 +102,44 @@ class DataPlane:
         elif self.wg.exists():
             # Keep the device (a re-election needs no new process), but carry nothing.
             self.wg.reconcile_peers(())
+        if desired.vxlan is not None:
+            try:
+                # A link made anew has none of the routes the route reconciler remembers.
+                resync = self.vxlan.reconcile(desired.vxlan).link_changed or resync
+            except NetlinkError as error:
+                if desired.role == Role.MEMBER:
+                    raise  # its routes would lead nowhere, or into a link that is not ours
+                # A gateway still carries its on-link members and its own pods meanwhile.
+                log.error("VXLAN link for members that are not on-link: %s", error)
+            if desired.role == Role.MEMBER:
+                self._warn_strict_rp_filter()
         self.routes.reconcile(desired.routes, resync=resync)
         self.rules.reconcile(desired.rules)
+        if desired.vxlan is None:
+            self.vxlan.reconcile(None)
+
+    def _warn_strict_rp_filter(self) -> None:
+        """Replies to a member that sends over VXLAN come back by the underlay, where a strict
+        reverse-path filter (1) drops them. That setting is not Raven's to change: say so."""
+        conf = Path("/proc/sys/net/ipv4/conf")
+        values = {}
+        for dev in ("all", self._underlay_dev):
+            try:
+                values[dev] = int((conf / str(dev) / "rp_filter").read_text())
+            except (OSError, ValueError):
+                continue
+        strict = bool(values) and max(values.values()) == 1
+        if strict and not self._rp_filter_warned:
+            log.warning(
+                "reverse-path filtering is strict on %s (rp_filter %s): the replies to the"
+                " cross-pool traffic this node sends over %s arrive there and are dropped; set"
+                " net.ipv4.conf.all.rp_filter and net.ipv4.conf.%s.rp_filter to 2 (loose) or 0",
+                self._underlay_dev,
+                ", ".join(f"{dev}={value}" for dev, value in values.items()),
+                self.settings.vxlan_dev,
+                self._underlay_dev,
+            )
+        self._rp_filter_warned = strict
 
     def peer_status(
         self, desired: DesiredState, view: ClusterView, probes: Prober | None = None

@@ -1,4 +1,5 @@
-"""``raven-agent --cleanup``: remove every route, rule, link, clamp and key file Raven made."""
+"""``raven-agent --cleanup``: remove every route, rule, link (WireGuard and VXLAN), clamp and key
+file Raven made."""
 
 from __future__ import annotations
 
@@ -17,11 +18,20 @@ def uninstall(settings: AgentSettings) -> int:
     """Exit status: 0 when everything Raven owned is gone, 1 when some part failed."""
     device = WireGuardDevice(settings.wg_interface, state_dir=settings.state_dir)
     with IPRoute() as ipr:
-        report = cleanup(ipr, tables=(settings.table,), wireguard=device, remove_keys=True)
+        report = cleanup(
+            ipr,
+            tables=(settings.table,),
+            wireguard=device,
+            remove_keys=True,
+            vxlan_dev=settings.vxlan_dev,
+            vxlan_vni=settings.vxlan_vni,
+            vxlan_port=settings.vxlan_port,
+        )
     log.info(
-        "removed %d routes, %d rules, mss clamp %s, wireguard %s",
+        "removed %d routes, %d rules, vxlan %s, mss clamp %s, wireguard %s",
         report.routes_deleted,
         report.rules_deleted,
+        report.vxlan_removed,
         report.mss_removed,
         report.wireguard_removed,
     )

@@ -16,6 +16,19 @@ DEFAULT_TABLE = 9027
 DEFAULT_RULE_PRIORITY = 9027
 #: The rtproto Raven stamps on its routes, so a restarted agent finds its own entries.
 RAVEN_RTPROTO = 149
+#: Raven's VXLAN link towards a pool gateway that is not on-link: its VNI and UDP port. The port
+#: stays clear of 4789 and 8472, which CNIs (Flannel, Calico, Cilium) use for their own VXLAN.
+DEFAULT_VXLAN_VNI = 9027
+DEFAULT_VXLAN_PORT = 4790
+
+
+def default_vxlan_dev(wg_dev: str) -> str:
+    """The VXLAN device name that goes with a WireGuard device name: its last ``wg`` becomes
+    ``vx`` (``rlwg3`` -> ``rlvx3``), else ``-vx`` is appended (``raven0`` -> ``raven0-vx``)."""
+    head, sep, tail = wg_dev.rpartition("wg")
+    if sep:
+        return f"{head}vx{tail}"
+    return f"{wg_dev[:12]}-vx"
 
 
 class Role(enum.StrEnum):
@@ -70,6 +83,29 @@ class PeerSpec:
         return self.public_key
 
 
+@dataclass(frozen=True, order=True)
+class VxlanPeer:
+    """A node reached over Raven's VXLAN link: its underlay address and its VXLAN MAC."""
+
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class VxlanSpec:
+    """Raven's VXLAN link. A member whose pool gateway is not on-link sends cross-pool packets
+    over it (``peers`` = that gateway); a gateway has one to decapsulate them (no peers: its
+    replies go back by the CNI's routes in the main table)."""
+
+    dev: str
+    vni: int = DEFAULT_VXLAN_VNI
+    port: int = DEFAULT_VXLAN_PORT
+    local: str = ""  # this node's underlay address (InternalIP), the outer source
+    mac: str = ""  # this node's VXLAN MAC, derived from ``local`` (raven.plan.vxlan_mac)
+    mtu: int = 1450  # underlay MTU - VXLAN overhead (raven.mtu.vxlan_mtu)
+    peers: tuple[VxlanPeer, ...] = ()  # sorted
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything one node's data path should hold. Sorted tuples, compared whole."""
@@ -84,3 +120,6 @@ class DesiredState:
     # spec.tunnelPort) and MTU (underlay - WireGuard overhead, see raven.mtu).
     listen_port: int | None = None
     tunnel_mtu: int | None = None
+    # Raven's VXLAN link (raven.netlink.vxlan), or None when this node needs none (it is then
+    # removed if present): on a member whose gateway is not on-link, and on every gateway/relay.
+    vxlan: VxlanSpec | None = None

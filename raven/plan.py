@@ -8,7 +8,11 @@ Rules it applies (DESIGN.md, "Data path"):
   no relay (a problem). Every cross-pool packet between two non-relay pools passes the relay.
 * A remote pool is *reachable* when it is not refused, has an active gateway, and either side
   is the relay pool or the relay pool is usable (not refused, has an active gateway).
-* Members: one rule, and a route per reachable remote CIDR via the own pool's gateway, on-link.
+* Members: one rule, and a route per reachable remote CIDR via the own pool's gateway, on-link:
+  out of the underlay when the gateway's InternalIP lies in one of the member's underlay subnets,
+  else over Raven's VXLAN link to it (a permanent neighbour and forwarding entry for the
+  gateway, whose VXLAN MAC both derive from its InternalIP). A gateway has that link too while
+  some node of its pool is outside its own underlay subnets, so it can decapsulate.
 * Gateways and the relay: one rule, a route per reachable remote CIDR into the WireGuard device,
   forwarding on; an edge gateway peers with the relay, the relay with every reachable pool's
   gateway (carrying that pool's CIDRs) and, as standby peers without AllowedIPs, with the pool's
@@ -24,14 +28,23 @@ Everything is sorted, so equal input gives equal output regardless of input orde
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
 from raven.gatewayspec import GatewaySpec, selector_matches
-from raven.model import DesiredState, PeerSpec, Role, RouteSpec, RuleSpec
-from raven.mtu import route_mtu, tunnel_mtu
+from raven.model import (
+    DesiredState,
+    PeerSpec,
+    Role,
+    RouteSpec,
+    RuleSpec,
+    VxlanPeer,
+    VxlanSpec,
+)
+from raven.mtu import route_mtu, tunnel_mtu, vxlan_mtu
 from raven.view import ClusterView, GatewayView, Identity, NodeView
 
 
@@ -190,21 +203,27 @@ def plan(view: ClusterView, me: Identity) -> DesiredState:
     remote = facts.remote_cidrs(pool.name)
 
     if pool.gateway is None or pool.gateway.name != me.node_name:
+        # Next hop: the gateway's InternalIP, out of the underlay when it is on-link, else
+        # over Raven's VXLAN link to it (DESIGN.md, "Data path").
         routes: tuple[RouteSpec, ...] = ()
+        vxlan: VxlanSpec | None = None
         gw = pool.gateway
         if gw is not None and gw.internal_ip is None:
             problems.append(f"pool {pool.name}: gateway {gw.name} has no InternalIP; no routes")
-        elif gw is not None:
+        elif gw is not None and gw.internal_ip is not None:
+            dev: str | None = me.underlay_dev
+            if not me.gateway_on_link(gw.internal_ip):
+                vxlan = _member_vxlan(me, node, gw, gw.internal_ip, problems)
+                dev = vxlan.dev if vxlan is not None else None
             mtu = route_mtu(
-                me.underlay_mtu,
-                underlay_family=me.underlay_family,
-                over_vxlan=not me.gateway_onlink,
+                me.underlay_mtu, underlay_family=me.underlay_family, over_vxlan=vxlan is not None
             )
-            routes = tuple(
-                RouteSpec(c, me.table, gw.internal_ip, me.underlay_dev, onlink=True, mtu=mtu)
-                for c in remote
-            )
-        return DesiredState(Role.MEMBER, routes, rules, problems=_unique(problems))
+            if dev is not None:
+                routes = tuple(
+                    RouteSpec(c, me.table, gw.internal_ip, dev, onlink=True, mtu=mtu)
+                    for c in remote
+                )
+        return DesiredState(Role.MEMBER, routes, rules, problems=_unique(problems), vxlan=vxlan)
 
     mtu = tunnel_mtu(me.underlay_mtu, underlay_family=me.underlay_family)
     routes = tuple(RouteSpec(c, me.table, None, me.wg_dev, mtu=mtu) for c in remote)
@@ -219,6 +238,7 @@ def plan(view: ClusterView, me: Identity) -> DesiredState:
         problems=_unique(problems),
         listen_port=pool.spec.tunnel_port,
         tunnel_mtu=mtu,
+        vxlan=_gateway_vxlan(me, node, pool),
     )
 
 
@@ -366,3 +386,63 @@ def _relay_condition(facts: Analysis) -> dict[str, Any]:
         return _condition("RelayAvailable", False, "RelayHasNoGateway", message)
     message = f"relay pool {facts.relay}, gateway {relay.gateway.name}"
     return _condition("RelayAvailable", True, "RelayActive", message)
+
+
+# VXLAN towards a gateway that is not on-link --------------------------------------------------
+
+
+def vxlan_mac(address: str) -> str:
+    """The VXLAN MAC of the node with underlay ``address``: locally administered unicast
+    (``0e:52:``) + the IPv4 address's four bytes, or four bytes of a hash of an IPv6 address.
+    Both ends derive it from the InternalIP, so no annotation has to carry it."""
+    ip = ipaddress.ip_address(address)
+    tail = ip.packed if ip.version == 4 else hashlib.sha256(ip.packed).digest()[:4]
+    return ":".join(f"{b:02x}" for b in (0x0E, 0x52, *tail))
+
+
+def _vxlan_spec(me: Identity, local: str, peers: tuple[VxlanPeer, ...]) -> VxlanSpec:
+    return VxlanSpec(
+        dev=me.vxlan_name,
+        vni=me.vxlan_vni,
+        port=me.vxlan_port,
+        local=local,
+        mac=vxlan_mac(local),
+        mtu=vxlan_mtu(me.underlay_mtu, underlay_family=me.underlay_family),
+        peers=tuple(sorted(peers)),
+    )
+
+
+def _member_vxlan(
+    me: Identity, node: NodeView | None, gw: NodeView, gw_ip: str, problems: list[str]
+) -> VxlanSpec | None:
+    """A member's VXLAN link to its pool gateway at ``gw_ip``; None (and a problem) when this
+    node has no usable InternalIP to send from."""
+    local = node.internal_ip if node is not None else None
+    if local is None:
+        problems.append(
+            f"node {me.node_name}: no InternalIP to reach gateway {gw.name} ({gw_ip}), which is"
+            f" not on-link, over VXLAN; no routes"
+        )
+        return None
+    if ipaddress.ip_address(local).version != ipaddress.ip_address(gw_ip).version:
+        problems.append(
+            f"node {me.node_name}: InternalIP {local} and gateway {gw.name}'s {gw_ip} are of"
+            f" different families, so no VXLAN link can join them; no routes"
+        )
+        return None
+    return _vxlan_spec(me, local, (VxlanPeer(gw_ip, vxlan_mac(gw_ip)),))
+
+
+def _gateway_vxlan(me: Identity, node: NodeView | None, pool: PoolState) -> VxlanSpec | None:
+    """A gateway (or relay) has a VXLAN link while some node of its pool is not on-link with it
+    (that node's InternalIP lies outside the gateway's underlay subnets), so such members can
+    reach it. It needs no peers: its replies to them follow the CNI's routes."""
+    if node is None or node.internal_ip is None:
+        return None
+    if all(
+        n.internal_ip is None or me.on_underlay(n.internal_ip)
+        for n in pool.nodes
+        if n.name != me.node_name
+    ):
+        return None
+    return _vxlan_spec(me, node.internal_ip, ())

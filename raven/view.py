@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raven.gatewayspec import GatewaySpec, GatewaySpecError, parse_gateway_spec
-from raven.model import DEFAULT_RULE_PRIORITY, DEFAULT_TABLE
+from raven.model import (
+    DEFAULT_RULE_PRIORITY,
+    DEFAULT_TABLE,
+    DEFAULT_VXLAN_PORT,
+    DEFAULT_VXLAN_VNI,
+    default_vxlan_dev,
+)
 
 #: Node label that puts a node in a pool (configurable; this is OpenYurt's).
 POOL_LABEL = "apps.openyurt.io/nodepool"
@@ -68,7 +74,14 @@ class Identity:
     wg_dev: str  # this node's WireGuard interface name (unique on the host)
     underlay_mtu: int = 1500
     underlay_family: int = 4  # 4 or 6: the tunnel's outer header size depends on it
-    gateway_onlink: bool = True  # False: the pool gateway is reached over a VXLAN link
+    # Subnets directly connected on ``underlay_dev`` (CIDRs, from the kernel's addresses). The
+    # pool gateway is on-link when its InternalIP lies in one of them; else members reach it
+    # over Raven's VXLAN link. Empty means unknown: the gateway is taken to be on-link.
+    underlay_subnets: tuple[str, ...] = ()
+    gateway_onlink: bool | None = None  # None: decided from underlay_subnets; True/False: forced
+    vxlan_dev: str | None = None  # Raven's VXLAN link; None: raven.model.default_vxlan_dev(wg_dev)
+    vxlan_vni: int = DEFAULT_VXLAN_VNI
+    vxlan_port: int = DEFAULT_VXLAN_PORT
     table: int = DEFAULT_TABLE
     rule_priority: int = DEFAULT_RULE_PRIORITY
 
@@ -77,6 +90,34 @@ class Identity:
             raise ValueError(f"underlay_family must be 4 or 6, got {self.underlay_family!r}")
         if not 1280 <= self.underlay_mtu <= 65535:
             raise ValueError(f"underlay_mtu must be from 1280 to 65535, got {self.underlay_mtu!r}")
+        for cidr in self.underlay_subnets:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"underlay_subnets has {cidr!r}, not a CIDR") from None
+        if not 1 <= self.vxlan_vni < 2**24:
+            raise ValueError(f"vxlan_vni must be from 1 to {2**24 - 1}, got {self.vxlan_vni!r}")
+        if not 1 <= self.vxlan_port <= 65535:
+            raise ValueError(f"vxlan_port must be from 1 to 65535, got {self.vxlan_port!r}")
+
+    @property
+    def vxlan_name(self) -> str:
+        """The VXLAN device this node uses (explicit, or derived from the WireGuard name)."""
+        return self.vxlan_dev or default_vxlan_dev(self.wg_dev)
+
+    def gateway_on_link(self, address: str) -> bool:
+        """Is the pool gateway at ``address`` directly reachable on the underlay (no router in
+        between)? ``gateway_onlink`` overrides; unknown subnets count as on-link."""
+        if self.gateway_onlink is not None:
+            return self.gateway_onlink
+        return self.on_underlay(address)
+
+    def on_underlay(self, address: str) -> bool:
+        """Does ``address`` lie in a subnet connected on the underlay (unknown subnets: yes)?"""
+        if not self.underlay_subnets:
+            return True
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(c, strict=False) for c in self.underlay_subnets)
 
 
 def valid_public_key(key: str) -> bool:

@@ -210,13 +210,32 @@ def _build_network(lab: Lab, st: LabState) -> None:
         netns.add_bridge(r.netns, BRIDGE_IF)
         netns.add_address(r.netns, BRIDGE_IF, r.lan_ip, r.lan.prefixlen)
         netns.enable_forwarding(r.netns)
-        netns.add_masquerade(r.netns, f"{lab.prefix.upper()}-MASQ", r.lan, UPLINK_IF)
+        lan_router = next((lr for lr in lab.lan_routers if lr.pool == r.pool), None)
+        subnets = [g.network for g in lan_router.segments] if lan_router else []
+        netns.add_masquerade(r.netns, f"{lab.prefix.upper()}-MASQ", [r.lan, *subnets], UPLINK_IF)
+
+    # A routed LAN's LAN router: a leg on the NAT router's LAN (its default route), one bridge
+    # per further subnet. The NAT router reaches those subnets through it.
+    for lr in lab.lan_routers:
+        nat = next(r for r in lab.routers if r.pool == lr.pool)
+        netns.add_veth(lr.netns, UPLINK_IF, nat.netns, lr.port)
+        netns.set_master(nat.netns, lr.port, BRIDGE_IF)
+        netns.add_address(lr.netns, UPLINK_IF, lr.lan_ip, nat.lan.prefixlen)
+        netns.add_route(lr.netns, "default", gateway=lr.nat_ip)
+        netns.enable_forwarding(lr.netns)
+        for segment in lr.segments:
+            netns.add_bridge(lr.netns, segment.bridge)
+            netns.add_address(
+                lr.netns, segment.bridge, segment.router_ip, segment.network.prefixlen
+            )
+            netns.add_route(nat.netns, str(segment.network), gateway=lr.lan_ip)
 
     # Nodes and their pods; the lab plays CNI: host routes to local pods, and routes to the other
-    # nodes' pod CIDRs of the same pool. Nothing routes pod CIDRs between pools.
+    # nodes' pod CIDRs of the same pool (direct on one segment, else through the LAN router,
+    # which routes every pod CIDR of its pool). Nothing routes pod CIDRs between pools.
     for n in lab.nodes:
         netns.add_veth(n.netns, UPLINK_IF, n.switch_netns, n.name)
-        netns.set_master(n.switch_netns, n.name, BRIDGE_IF)
+        netns.set_master(n.switch_netns, n.name, n.bridge)
         netns.add_address(n.netns, UPLINK_IF, n.ip, n.prefixlen)
         if n.gateway is not None:
             netns.add_route(n.netns, "default", gateway=n.gateway)
@@ -228,8 +247,14 @@ def _build_network(lab: Lab, st: LabState) -> None:
         netns.add_route(n.pod.netns, f"{n.pod_gateway}/32", ifname=POD_INNER_IF)
         netns.add_route(n.pod.netns, "default", gateway=n.pod_gateway, ifname=POD_INNER_IF)
         for other in lab.nodes:
-            if other.pool == n.pool and other.name != n.name:
-                netns.add_route(n.netns, str(other.pod_cidr), gateway=other.ip)
+            if other.pool != n.pool or other.name == n.name:
+                continue
+            on_link = (other.switch_netns, other.bridge) == (n.switch_netns, n.bridge)
+            hop = other.ip if on_link or n.lan_gateway is None else n.lan_gateway
+            netns.add_route(n.netns, str(other.pod_cidr), gateway=hop)
+        for lr in lab.lan_routers:
+            if lr.pool == n.pool:
+                netns.add_route(lr.netns, str(n.pod_cidr), gateway=n.ip)
 
 
 def _start_apiserver(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
@@ -160,26 +161,19 @@ def enable_forwarding(ns: str) -> None:
     run_in(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
 
 
-def add_masquerade(ns: str, chain: str, source: ipaddress.IPv4Network, out_if: str) -> None:
-    """SNAT the LAN behind ``out_if`` (a NAT router), in a chain of our own in the nat table."""
+def add_masquerade(
+    ns: str,
+    chain: str,
+    source: ipaddress.IPv4Network | Sequence[ipaddress.IPv4Network],
+    out_if: str,
+) -> None:
+    """SNAT the LAN (and a routed LAN's other subnets) behind ``out_if`` (a NAT router), in a
+    chain of our own in the nat table."""
+    sources = [source] if isinstance(source, ipaddress.IPv4Network) else list(source)
     run_in(ns, ["iptables", "-w", "-t", "nat", "-N", chain])
-    run_in(
-        ns,
-        [
-            "iptables",
-            "-w",
-            "-t",
-            "nat",
-            "-A",
-            chain,
-            "-s",
-            str(source),
-            "-o",
-            out_if,
-            "-j",
-            "MASQUERADE",
-        ],
-    )
+    for net in sources:
+        rule = ["-A", chain, "-s", str(net), "-o", out_if, "-j", "MASQUERADE"]
+        run_in(ns, ["iptables", "-w", "-t", "nat", *rule])
     run_in(ns, ["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-j", chain])
 
 

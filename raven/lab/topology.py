@@ -1,9 +1,10 @@
 """Lab topology: the YAML schema, its validation, and every name and address derived from it.
 
 A topology file describes the simulated Internet segment, the pools (public, or a LAN behind a
-NAT router) and the nodes. Everything else the lab builds -- namespace names, interface names,
-addresses, pods -- is derived here, deterministically, so ``up``, ``status`` and ``down`` agree
-and a bad file is refused before anything is created.
+NAT router, optionally with more subnets behind a LAN router: a routed LAN whose nodes are not
+all on-link with each other) and the nodes. Everything else the lab builds -- namespace names,
+interface names, addresses, pods -- is derived here, deterministically, so ``up``, ``status``
+and ``down`` agree and a bad file is refused before anything is created.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ UPLINK_IF = "eth0"  # node/router/api uplink to its segment
 POD_IF = "pod0"  # node side of the veth to its pod
 POD_INNER_IF = "eth0"  # pod side
 BRIDGE_IF = "br0"  # the switch of a segment (Internet segment, or a pool's LAN in its router)
+# A routed LAN's extra subnets are bridges br1, br2, ... in the site's LAN router, whose uplink
+# port on the NAT router's LAN is "lr-<pool>".
+LAN_ROUTER_PORT = "lr-{pool}"
 API_PORT_IF = "_api"  # the API server's port on the Internet switch
 HOST_PORT_IF = "_host"  # lab side of the host veth, in the API server namespace
 
@@ -58,6 +62,12 @@ class PoolSpec(_Strict):
     lan: ipaddress.IPv4Network | None = Field(
         default=None, description="The pool's LAN behind its NAT router (required unless public)."
     )
+    subnets: list[ipaddress.IPv4Network] = Field(
+        default_factory=list,
+        description="More subnets of the site, each its own segment behind the site's LAN "
+        "router (which sits on 'lan' and routes between them): nodes on different segments are "
+        "not on-link with each other. Only for a pool behind NAT.",
+    )
     relay: bool = Field(
         default=False,
         description="The lab pre-creates this pool's Gateway with spec.relay: true, so its "
@@ -69,6 +79,11 @@ class NodeSpec(_Strict):
     name: str
     pool: str
     pod_cidr: ipaddress.IPv4Network = Field(alias="podCIDR")
+    subnet: ipaddress.IPv4Network | None = Field(
+        default=None,
+        description="The segment the node is plugged into: its pool's 'lan' (the default) or "
+        "one of the pool's 'subnets'.",
+    )
 
 
 class ApiServerSpec(_Strict):
@@ -108,6 +123,10 @@ class Node:
     pod_gateway: ipaddress.IPv4Address  # node-side address on the pod veth (first host of CIDR)
     pod: Pod
     index: int  # position in the topology; used for short host-unique names (WireGuard)
+    bridge: str = BRIDGE_IF  # the bridge in switch_netns this node's uplink is a port of
+    # Next hop towards the pool's nodes on other segments (a routed LAN's LAN router), or None
+    # when the whole pool is on one segment.
+    lan_gateway: ipaddress.IPv4Address | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +137,27 @@ class Router:
     lan: ipaddress.IPv4Network
     lan_ip: ipaddress.IPv4Address
     port: str  # its port name on the Internet switch
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One extra subnet of a routed LAN: a bridge in the LAN router."""
+
+    network: ipaddress.IPv4Network
+    bridge: str
+    router_ip: ipaddress.IPv4Address  # the LAN router's address on it: its nodes' default route
+
+
+@dataclass(frozen=True)
+class LanRouter:
+    """The router inside a site that joins the LAN and the site's extra subnets."""
+
+    pool: str
+    netns: str
+    lan_ip: ipaddress.IPv4Address  # its address on the NAT router's LAN
+    nat_ip: ipaddress.IPv4Address  # the NAT router's LAN address: its default route
+    port: str  # its port name on the NAT router's LAN bridge
+    segments: tuple[Segment, ...]
 
 
 @dataclass(frozen=True)
@@ -134,6 +174,7 @@ class Lab:
     pools: tuple[PoolSpec, ...]
     nodes: tuple[Node, ...]
     routers: tuple[Router, ...]
+    lan_routers: tuple[LanRouter, ...] = ()
 
     @property
     def pods(self) -> tuple[Pod, ...]:
@@ -147,6 +188,7 @@ class Lab:
         """Every namespace, in build order (switches first)."""
         names = [self.inet_netns, self.api_netns]
         names += [r.netns for r in self.routers]
+        names += [r.netns for r in self.lan_routers]
         for n in self.nodes:
             names += [n.netns, n.pod.netns]
         return names
@@ -247,6 +289,10 @@ def resolve(spec: TopologySpec, prefix: str) -> Lab:
             problems.append(
                 f"pools[{i}].relay: the relay pool must be public (edge gateways dial it)"
             )
+        if pool.subnets and pool.public:
+            problems.append(
+                f"pools[{i}].subnets: a public pool has no LAN, so no subnets behind one"
+            )
     relays = [p.name for p in spec.pools if p.relay]
     if len(relays) > 1:
         problems.append(f"pools: at most one pool may set relay: true, got {', '.join(relays)}")
@@ -276,6 +322,19 @@ def resolve(spec: TopologySpec, prefix: str) -> Lab:
             problems.append(
                 f"nodes[{i}].podCIDR: {node.pod_cidr} is too small (need /30 or larger)"
             )
+        home = spec.pools[pool_index[node.pool]] if node.pool in pool_index else None
+        if node.subnet is not None and home is not None:
+            if home.public:
+                problems.append(
+                    f"nodes[{i}].subnet: pool {home.name} is public; its nodes sit on the "
+                    "Internet segment"
+                )
+            elif node.subnet not in _segments(home):
+                known = ", ".join(str(n) for n in _segments(home))
+                problems.append(
+                    f"nodes[{i}].subnet: {node.subnet} is not a segment of pool {home.name} "
+                    f"(its segments: {known})"
+                )
     if not spec.nodes:
         problems.append("nodes: at least one node is required")
 
@@ -287,6 +346,11 @@ def resolve(spec: TopologySpec, prefix: str) -> Lab:
         ("(host link range)", HOSTLINK_RANGE),
     ]
     ranges += [(f"pools[{i}].lan", p.lan) for i, p in enumerate(spec.pools) if p.lan is not None]
+    ranges += [
+        (f"pools[{i}].subnets[{k}]", net)
+        for i, p in enumerate(spec.pools)
+        for k, net in enumerate(p.subnets)
+    ]
     ranges += [(f"nodes[{i}].podCIDR", n.pod_cidr) for i, n in enumerate(spec.nodes)]
     for a in range(len(ranges)):
         for b in range(a + 1, len(ranges)):
@@ -303,11 +367,14 @@ def resolve(spec: TopologySpec, prefix: str) -> Lab:
     if spec.internet.num_addresses - 2 < needed:
         problems.append(f"internet: {spec.internet} is too small for {needed} addresses")
     for i, pool in enumerate(spec.pools):
-        if pool.lan is None:
+        if pool.lan is None or pool.public:
             continue
-        members = sum(1 for n in spec.nodes if n.pool == pool.name)
-        if pool.lan.num_addresses - 2 < 10 + members:
-            problems.append(f"pools[{i}].lan: {pool.lan} is too small for {members} nodes")
+        for field, net in [(f"pools[{i}].lan", pool.lan)] + [
+            (f"pools[{i}].subnets[{k}]", n) for k, n in enumerate(pool.subnets)
+        ]:
+            members = sum(1 for n in spec.nodes if n.pool == pool.name and _segment(n, pool) == net)
+            if net.num_addresses - 2 < 10 + members:
+                problems.append(f"{field}: {net} is too small for {members} nodes")
 
     # Namespace names derived from the prefix; make sure none collide or exceed the limit.
     if not problems:
@@ -317,6 +384,11 @@ def resolve(spec: TopologySpec, prefix: str) -> Lab:
             (f"{prefix}-{p.name}-nat", f"pools[{i}].name")
             for i, p in enumerate(spec.pools)
             if not p.public
+        ]
+        candidates += [
+            (f"{prefix}-{p.name}-lan", f"pools[{i}].name")
+            for i, p in enumerate(spec.pools)
+            if p.subnets
         ]
         for i, n in enumerate(spec.nodes):
             candidates += [
@@ -330,9 +402,51 @@ def resolve(spec: TopologySpec, prefix: str) -> Lab:
                 problems.append(f"{field}: namespace name {ns!r} collides with {ns_owner[ns]}")
             ns_owner.setdefault(ns, field)
 
+        _check_ports(spec, problems)
+
     if problems:
         raise TopologyError(problems)
     return _derive(spec, prefix)
+
+
+def _segments(pool: PoolSpec) -> list[ipaddress.IPv4Network]:
+    """The segments a LAN pool's nodes can sit on: its LAN, then its subnets."""
+    return ([pool.lan] if pool.lan is not None else []) + list(pool.subnets)
+
+
+def _segment(node: NodeSpec, pool: PoolSpec) -> ipaddress.IPv4Network | None:
+    return node.subnet if node.subnet is not None else pool.lan
+
+
+def _check_ports(spec: TopologySpec, problems: list[str]) -> None:
+    """A node's port on its switch is named after the node: it must not take the name of
+    another interface in that switch's namespace."""
+    pools = {p.name: p for p in spec.pools}
+    ports: dict[str, dict[str, str]] = {"internet": {BRIDGE_IF: "(internet switch)"}}
+    ports["internet"][API_PORT_IF] = "(apiserver port)"
+    for i, pool in enumerate(spec.pools):
+        if pool.public:
+            continue
+        ports["internet"].setdefault(f"nat-{pool.name}", f"pools[{i}].name")
+        ports[f"nat {pool.name}"] = {UPLINK_IF: "(router uplink)", BRIDGE_IF: "(LAN switch)"}
+        if pool.subnets:
+            ports[f"nat {pool.name}"][LAN_ROUTER_PORT.format(pool=pool.name)] = f"pools[{i}].name"
+            ports[f"lan {pool.name}"] = {UPLINK_IF: "(LAN router uplink)"}
+            for k in range(len(pool.subnets)):
+                ports[f"lan {pool.name}"][f"br{k + 1}"] = f"pools[{i}].subnets[{k}]"
+    for i, node in enumerate(spec.nodes):
+        pool = pools[node.pool]
+        if pool.public:
+            switch = "internet"
+        else:
+            switch = f"nat {pool.name}" if _segment(node, pool) == pool.lan else f"lan {pool.name}"
+        taken = ports[switch]
+        if node.name in taken:
+            problems.append(
+                f"nodes[{i}].name: {node.name!r} is also the name of {taken[node.name]} on the "
+                "switch the node is plugged into; choose another node name"
+            )
+        taken.setdefault(node.name, f"nodes[{i}]")
 
 
 def _derive(spec: TopologySpec, prefix: str) -> Lab:
@@ -358,18 +472,44 @@ def _derive(spec: TopologySpec, prefix: str) -> Lab:
             )
         )
     router_of = {r.pool: r for r in routers}
+    lan_routers = [
+        LanRouter(
+            pool=pool.name,
+            netns=f"{prefix}-{pool.name}-lan",
+            lan_ip=pool.lan[2],
+            nat_ip=pool.lan[1],
+            port=LAN_ROUTER_PORT.format(pool=pool.name),
+            segments=tuple(
+                Segment(net, f"br{k + 1}", net[1]) for k, net in enumerate(pool.subnets)
+            ),
+        )
+        for pool in spec.pools
+        if pool.subnets and pool.lan is not None and not pool.public
+    ]
+    lan_router_of = {r.pool: r for r in lan_routers}
 
-    lan_next: dict[str, int] = {}
+    next_host: dict[ipaddress.IPv4Network, int] = {}  # per segment, hosts from .10
     nodes: list[Node] = []
     for idx, ns in enumerate(spec.nodes):
         pool = pools[ns.pool]
+        bridge, lan_gw = BRIDGE_IF, None
         if pool.public:
             ip, plen, gw, switch = next(inet_hosts), spec.internet.prefixlen, None, f"{prefix}-inet"
         else:
             r = router_of[pool.name]
-            k = lan_next.get(pool.name, 10)
-            lan_next[pool.name] = k + 1
-            ip, plen, gw, switch = r.lan[k], r.lan.prefixlen, r.lan_ip, r.netns
+            net = _segment(ns, pool) or r.lan
+            k = next_host.get(net, 10)
+            next_host[net] = k + 1
+            lr = lan_router_of.get(pool.name)
+            segment = next((g for g in lr.segments if g.network == net), None) if lr else None
+            if lr is None:
+                ip, plen, gw, switch = r.lan[k], r.lan.prefixlen, r.lan_ip, r.netns
+            elif segment is None:  # on the NAT router's LAN, with the LAN router beside it
+                ip, plen, gw, switch = r.lan[k], r.lan.prefixlen, r.lan_ip, r.netns
+                lan_gw = lr.lan_ip
+            else:
+                ip, plen, gw, switch = net[k], net.prefixlen, segment.router_ip, lr.netns
+                bridge, lan_gw = segment.bridge, segment.router_ip
         pod = Pod(
             name=f"{ns.name}-pod",
             node=ns.name,
@@ -390,6 +530,8 @@ def _derive(spec: TopologySpec, prefix: str) -> Lab:
                 pod_gateway=ns.pod_cidr[1],
                 pod=pod,
                 index=idx,
+                bridge=bridge,
+                lan_gateway=lan_gw,
             )
         )
     return Lab(
@@ -403,4 +545,5 @@ def _derive(spec: TopologySpec, prefix: str) -> Lab:
         pools=tuple(spec.pools),
         nodes=tuple(nodes),
         routers=tuple(routers),
+        lan_routers=tuple(lan_routers),
     )

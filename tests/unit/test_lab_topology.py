@@ -184,3 +184,114 @@ def test_unreadable_or_non_yaml_file_is_refused(tmp_path: Path):
 def test_every_shipped_topology_is_valid(path: Path):
     lab = resolve(load_topology_file(path), "rl")
     assert lab.nodes and {n.pool for n in lab.nodes} == {p.name for p in lab.pools}
+
+
+# A routed LAN: one pool's nodes on several subnets joined by a LAN router ------------------------
+
+ROUTED = DEFAULT.parent / "routed-lan.yaml"
+
+
+def routed() -> dict:
+    return yaml.safe_load(ROUTED.read_text())
+
+
+def test_routed_lan_puts_each_node_of_edge_a_on_its_own_segment_behind_a_lan_router():
+    lab = resolve(load_topology_file(ROUTED), "rl")
+    (lr,) = lab.lan_routers
+    ip = ipaddress.IPv4Address
+    assert (lr.pool, lr.netns, lr.port) == ("edge-a", "rl-edge-a-lan", "lr-edge-a")
+    assert (lr.lan_ip, lr.nat_ip) == (ip("192.168.10.2"), ip("192.168.10.1"))
+    assert [(str(g.network), g.bridge, str(g.router_ip)) for g in lr.segments] == [
+        ("192.168.11.0/24", "br1", "192.168.11.1"),
+        ("192.168.12.0/24", "br2", "192.168.12.1"),
+    ]
+    by_name = {n.name: n for n in lab.nodes}
+    wired = {
+        name: (str(n.ip), str(n.gateway), n.switch_netns, n.bridge, str(n.lan_gateway))
+        for name, n in by_name.items()
+        if n.pool in ("edge-a", "edge-b")
+    }
+    assert wired == {
+        # on the NAT router's LAN: default route to the NAT router, the pool's other subnets
+        # through the LAN router beside it
+        "edge-a-1": ("192.168.10.10", "192.168.10.1", "rl-edge-a-nat", "br0", "192.168.10.2"),
+        # on the LAN router's subnets: everything through the LAN router
+        "edge-a-2": ("192.168.11.10", "192.168.11.1", "rl-edge-a-lan", "br1", "192.168.11.1"),
+        "edge-a-3": ("192.168.12.10", "192.168.12.1", "rl-edge-a-lan", "br2", "192.168.12.1"),
+        # a plain LAN pool is unchanged
+        "edge-b-1": ("192.168.20.10", "192.168.20.1", "rl-edge-b-nat", "br0", "None"),
+        "edge-b-2": ("192.168.20.11", "192.168.20.1", "rl-edge-b-nat", "br0", "None"),
+    }
+    assert "rl-edge-a-lan" in lab.all_netns()
+    # No two nodes of edge-a share a subnet: none is on-link with another.
+    nets = [ipaddress.ip_interface(f"{n.ip}/{n.prefixlen}").network for n in lab.nodes]
+    edge_a = [net for n, net in zip(lab.nodes, nets, strict=True) if n.pool == "edge-a"]
+    assert len(set(edge_a)) == 3
+
+
+def test_the_default_topology_has_no_lan_router():
+    lab = resolve(load_topology_file(DEFAULT), "rl")
+    assert lab.lan_routers == () and {n.lan_gateway for n in lab.nodes} == {None}
+
+
+def test_subnets_of_a_public_pool_are_refused():
+    data = routed()
+    data["pools"][0]["subnets"] = ["192.168.50.0/24"]
+    assert "pools[0].subnets: a public pool has no LAN, so no subnets behind one" in (
+        problems_of(data)
+    )
+
+
+def test_a_node_on_a_subnet_its_pool_does_not_have_is_named():
+    data = routed()
+    data["nodes"][3]["subnet"] = "192.168.99.0/24"
+    assert problems_of(data) == [
+        "nodes[3].subnet: 192.168.99.0/24 is not a segment of pool edge-a (its segments: "
+        "192.168.10.0/24, 192.168.11.0/24, 192.168.12.0/24)"
+    ]
+
+
+def test_a_node_of_a_public_pool_cannot_choose_a_subnet():
+    data = routed()
+    data["nodes"][0]["subnet"] = "198.18.0.0/24"
+    assert problems_of(data) == [
+        "nodes[0].subnet: pool cloud is public; its nodes sit on the Internet segment"
+    ]
+
+
+def test_a_subnet_overlapping_the_lan_or_a_pod_cidr_is_named():
+    data = routed()
+    data["pools"][1]["subnets"] = ["192.168.10.128/25", "10.244.12.0/24"]
+    data["nodes"][3]["subnet"] = "192.168.10.128/25"
+    data["nodes"][4]["subnet"] = "10.244.12.0/24"
+    probs = problems_of(data)
+    assert "pools[1].subnets[0]: 192.168.10.128/25 overlaps pools[1].lan (192.168.10.0/24)" in (
+        probs
+    )
+    assert any(
+        p.startswith("nodes[3].podCIDR: 10.244.12.0/24 overlaps pools[1].subnets[1]") for p in probs
+    )
+
+
+def test_a_subnet_too_small_for_its_nodes_is_named():
+    data = routed()
+    data["pools"][1]["subnets"][0] = "192.168.11.0/29"
+    data["nodes"][3]["subnet"] = "192.168.11.0/29"
+    assert problems_of(data) == ["pools[1].subnets[0]: 192.168.11.0/29 is too small for 1 nodes"]
+
+
+@pytest.mark.parametrize(
+    ("index", "name", "taken"),
+    [
+        (3, "br2", "pools[1].subnets[1]"),
+        (2, "lr-edge-a", "pools[1].name"),
+        (5, "eth0", "(router uplink)"),
+    ],
+)
+def test_a_node_named_like_another_port_on_its_switch_is_refused(index, name, taken):
+    data = routed()
+    data["nodes"][index]["name"] = name
+    assert problems_of(data) == [
+        f"nodes[{index}].name: {name!r} is also the name of {taken} on the switch the node is "
+        "plugged into; choose another node name"
+    ]

@@ -1,0 +1,298 @@
+"""VXLAN pool connectivity: a pool whose nodes are not on one L2 segment, end to end.
+
+The lab ``netns-lab/routed-lan.yaml``: pool edge-a's three nodes sit on three subnets joined by
+a LAN router behind the site's NAT router, so whichever node is edge-a's gateway, the two others
+reach it over Raven's VXLAN link. One lab per module; the main tables are recorded before any
+agent starts, so the tests can show that Raven leaves them byte-identical.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from raven.lab import engine, matrix
+from raven.lab.topology import Lab, Node, Pod
+from raven.model import default_vxlan_dev
+from raven.plan import vxlan_mac
+
+from .labkit import REPO, LabEnv, make_env
+
+pytestmark = pytest.mark.root
+
+KUBECTL = "/usr/bin/kubectl"
+TOPOLOGY = REPO / "netns-lab" / "routed-lan.yaml"
+
+
+def ns_exec(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def must(ns: str, *argv: str) -> str:
+    res = ns_exec(ns, *argv)
+    assert res.returncode == 0, f"{' '.join(argv)} in {ns}: {res.stderr}"
+    return res.stdout
+
+
+def main_table(ns: str) -> str:
+    return must(ns, "ip", "route", "show", "table", "main")
+
+
+def link_names(ns: str) -> list[str]:
+    lines = must(ns, "ip", "-o", "link").splitlines()
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in lines)
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Before:
+    """What the lab looked like before any agent ran."""
+
+    main: dict[str, str]
+    rules: dict[str, str]
+    links: dict[str, list[str]]
+    same_pool: list[matrix.PingResult]
+    cross_pool: list[matrix.PingResult]
+    route_to_peer: str  # `ip route get` from edge-a-2 to edge-a-1's address
+
+
+@dataclass
+class Running:
+    env: LabEnv
+    lab: Lab
+    before: Before
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        kubeconfig = self.env.state_dir / "kubeconfig"
+        return subprocess.run(
+            [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def holder(self, pool: str) -> str:
+        res = self.kubectl(
+            "get", "lease", f"raven-gw-{pool}", "-n", "kube-system",
+            "-o", "jsonpath={.spec.holderIdentity}",
+        )  # fmt: skip
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.lab.nodes if n.name == name)
+
+    def pool(self, pool: str) -> list[Node]:
+        return [n for n in self.lab.nodes if n.pool == pool]
+
+    def vx(self, node: Node) -> str:
+        """The VXLAN link the agent derives from the WireGuard name it is given."""
+        return default_vxlan_dev(self.lab.wg_ifname(node.name))
+
+
+class SteadyPing:
+    """A ping every 20 ms between two pods for as long as the ``with`` block runs."""
+
+    def __init__(self, src: Pod, dst: Pod) -> None:
+        self.src, self.dst = src, dst
+        self.transmitted = self.received = 0
+
+    def __enter__(self) -> SteadyPing:
+        argv = ["ping", "-n", "-q", "-i", "0.02", "-W", "1", str(self.dst.ip)]
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.src.netns, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=10)
+        found = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        assert found, f"no ping summary: {out!r} {err!r}"
+        self.transmitted, self.received = int(found[1]), int(found[2])
+
+    def assert_lossless(self) -> None:
+        assert self.transmitted >= 50, f"the ping ran too short: {self.transmitted} sent"
+        lost = self.transmitted - self.received
+        assert lost == 0, f"{self.src.name} -> {self.dst.name} lost {lost} of {self.transmitted}"
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    env = make_env(tmp_path_factory, "vx")
+    res = env.raven("up", "--no-agents", "--topology", str(TOPOLOGY), timeout=180)
+    try:
+        assert res.returncode == 0, res.stderr + res.stdout
+        _, lab = engine.load(engine.Settings(state_dir=env.state_dir, prefix=env.prefix))
+        a2 = next(n for n in lab.nodes if n.name == "edge-a-2")
+        a1 = next(n for n in lab.nodes if n.name == "edge-a-1")
+        before = Before(
+            main={n.name: main_table(n.netns) for n in lab.nodes},
+            rules={n.name: must(n.netns, "ip", "rule") for n in lab.nodes},
+            links={n.name: link_names(n.netns) for n in lab.nodes},
+            same_pool=matrix.matrix(lab, which=matrix.pairs(lab, cross_pool=False), timeout=2),
+            cross_pool=matrix.matrix(lab, which=matrix.pairs(lab, cross_pool=True), timeout=1),
+            route_to_peer=must(a2.netns, "ip", "route", "get", str(a1.ip)),
+        )
+        started = env.raven("agents", "start", timeout=120)
+        assert started.returncode == 0, started.stderr + started.stdout
+        seconds = matrix.wait_full_matrix(lab, timeout=90)
+        assert seconds is not None, "not every pod reached every other pod within 90 s"
+        yield Running(env, lab, before)
+    finally:
+        down = env.raven("down", timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert env.leftovers() == []
+
+
+def test_without_raven_the_routed_lan_carries_its_own_pool_but_nothing_across_pools(running):
+    before = running.before
+    # edge-a's nodes are not on-link with each other: edge-a-2 reaches edge-a-1 via a router.
+    assert " via 192.168.11.1 dev eth0 " in before.route_to_peer
+    assert [r for r in before.same_pool if not r.ok] == []  # the lab plays CNI across subnets
+    assert len(before.same_pool) == 6 + 2 + 2
+    assert not any(r.ok for r in before.cross_pool)
+
+
+def test_every_pod_reaches_every_other_pod_with_1400_byte_unfragmented_pings(running):
+    results = matrix.matrix(running.lab, size=matrix.PAYLOAD_1400, timeout=2)
+    assert len(results) == 42
+    assert [r for r in results if not r.ok] == []
+
+
+def check_members_use_vxlan(running: Running, gw: Node) -> None:
+    """Every other node of edge-a routes the remote pools over VXLAN to ``gw``."""
+    remote = sorted(str(n.pod_cidr) for n in running.lab.nodes if n.pool != "edge-a")
+    for member in running.pool("edge-a"):
+        if member is gw:
+            continue
+        vx = running.vx(member)
+        table = must(member.netns, "ip", "route", "show", "table", "9027").splitlines()
+        assert sorted(line.split()[0] for line in table) == remote, member.name
+        for line in table:
+            assert f" via {gw.ip} dev {vx} proto 149 onlink mtu 1440" in f" {line} ", line
+        link = must(member.netns, "ip", "-d", "link", "show", vx)
+        assert f"vxlan id 9027 local {member.ip} " in link and "dstport 4790 nolearning" in link
+        neigh = must(member.netns, "ip", "neigh", "show", "dev", vx).strip()
+        assert neigh == f"{gw.ip} lladdr {vxlan_mac(str(gw.ip))} PERMANENT", member.name
+        fdb = must(member.netns, "bridge", "fdb", "show", "dev", vx).strip()
+        assert fdb == f"{vxlan_mac(str(gw.ip))} dst {gw.ip} self permanent", member.name
+    # The gateway has the link too, to decapsulate, and needs no entries on it.
+    gw_vx = running.vx(gw)
+    assert "vxlan id 9027" in must(gw.netns, "ip", "-d", "link", "show", gw_vx)
+    assert must(gw.netns, "ip", "neigh", "show", "dev", gw_vx).strip() == ""
+
+
+def test_members_off_link_with_their_gateway_reach_it_over_vxlan(running):
+    """VXLAN pool connectivity."""
+    gw = running.node(running.holder("edge-a"))
+    check_members_use_vxlan(running, gw)
+    # A plain LAN pool stays as before: on-link routes out of eth0, no VXLAN link.
+    b_gw = running.node(running.holder("edge-b"))
+    for member in running.pool("edge-b"):
+        if member is b_gw:
+            continue
+        table = must(member.netns, "ip", "route", "show", "table", "9027")
+        assert f"via {b_gw.ip} dev eth0 proto 149 onlink mtu 1440" in table
+        assert running.vx(member) not in link_names(member.netns)
+        assert running.vx(b_gw) not in link_names(b_gw.netns)
+
+    # The packets really travel in VXLAN: seen on the gateway's underlay as UDP 4790.
+    member = next(n for n in running.pool("edge-a") if n is not gw)
+    target = running.pool("edge-b")[0].pod
+    capture = subprocess.Popen(
+        ["ip", "netns", "exec", gw.netns, "timeout", "8", "tcpdump", "-i", "eth0", "-n", "-l",
+         "-T", "vxlan", "-c", "3", f"udp dst port 4790 and src host {member.ip}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)
+    assert matrix.ping(member.pod, target, count=5, size=matrix.PAYLOAD_1400)
+    out, err = capture.communicate(timeout=15)
+    assert "listening on" in err, err
+    assert out.count(": VXLAN, flags [I] (0x08), vni 9027") == 3, out
+    assert f"{member.pod.ip} > {target.ip}: ICMP echo request" in out, out
+
+
+def test_main_tables_stay_byte_identical_while_agents_run(running):
+    for node in running.lab.nodes:
+        assert main_table(node.netns) == running.before.main[node.name], node.name
+
+
+def test_intra_pool_pings_lose_nothing_while_the_gateway_agent_is_killed_and_replaced(running):
+    old = running.node(running.holder("edge-a"))
+    a, b = [n for n in running.pool("edge-a") if n is not old]
+    with SteadyPing(a.pod, b.pod) as members, SteadyPing(a.pod, old.pod) as to_gateway:
+        assert running.env.raven("agents", "kill", old.name).returncode == 0
+        wait_for(lambda: running.holder("edge-a") not in ("", old.name), 30, "a new holder")
+        new = running.node(running.holder("edge-a"))
+        to_b = [(a.pod, n.pod) for n in running.pool("edge-b")]
+        wait_for(
+            lambda: all(r.ok for r in matrix.matrix(running.lab, which=to_b, timeout=1)),
+            30,
+            f"{a.name} reaching edge-b through the new gateway {new.name}",
+        )
+        started = running.env.raven("agents", "start", old.name)
+        assert started.returncode == 0, started.stderr
+        assert matrix.wait_full_matrix(running.lab, timeout=60) is not None
+        # A member's agent crashing and coming back changes nothing either.
+        assert running.env.raven("agents", "kill", a.name).returncode == 0
+        assert running.env.raven("agents", "start", a.name).returncode == 0
+        time.sleep(2)
+    members.assert_lossless()
+    to_gateway.assert_lossless()
+
+    # Whoever holds edge-a now (the new gateway, or the old one again if the election moved
+    # back), every other node of the pool, the old gateway included, reaches it over VXLAN.
+    def settled() -> bool:
+        try:
+            check_members_use_vxlan(running, running.node(running.holder("edge-a")))
+        except (AssertionError, StopIteration):
+            return False
+        return True
+
+    wait_for(settled, 30, "every edge-a member routing over VXLAN to the current gateway")
+    check_members_use_vxlan(running, running.node(running.holder("edge-a")))
+    for node in running.lab.nodes:
+        assert main_table(node.netns) == running.before.main[node.name], node.name
+
+
+def test_zz_cleanup_removes_the_vxlan_link_and_everything_else_raven_added(running):
+    """Runs last: uninstalls Raven from a member that reaches its gateway over VXLAN."""
+    gw = running.holder("edge-a")
+    node = next(n for n in running.pool("edge-a") if n.name != gw)
+    vx = running.vx(node)
+    assert vx in link_names(node.netns)
+    assert running.env.raven("agents", "stop", node.name).returncode == 0
+    state = running.env.state_dir / "agents" / node.name
+    agent = Path(engine.agent_executable())
+    res = ns_exec(
+        node.netns, str(agent), "--cleanup", "--state-dir", str(state),
+        "--wg-interface", running.lab.wg_ifname(node.name),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+    assert vx not in link_names(node.netns)
+    assert must(node.netns, "ip", "route", "show", "table", "9027") == ""
+    assert main_table(node.netns) == running.before.main[node.name]
+    assert must(node.netns, "ip", "rule") == running.before.rules[node.name]
+    assert link_names(node.netns) == running.before.links[node.name]
