@@ -8,8 +8,6 @@ agent starts, so the tests can show that Raven leaves them byte-identical.
 
 from __future__ import annotations
 
-import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from raven.lab import engine, matrix
-from raven.lab.topology import Lab, Node, Pod
+from raven.lab.topology import Lab, Node
 from raven.model import default_vxlan_dev
 from raven.plan import vxlan_mac
 
 from .labkit import REPO, LabEnv, make_env
+from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
 
@@ -104,37 +103,6 @@ class Running:
     def vx(self, node: Node) -> str:
         """The VXLAN link the agent derives from the WireGuard name it is given."""
         return default_vxlan_dev(self.lab.wg_ifname(node.name))
-
-
-class SteadyPing:
-    """A ping every 20 ms between two pods for as long as the ``with`` block runs."""
-
-    def __init__(self, src: Pod, dst: Pod) -> None:
-        self.src, self.dst = src, dst
-        self.transmitted = self.received = 0
-
-    def __enter__(self) -> SteadyPing:
-        argv = ["ping", "-n", "-q", "-i", "0.02", "-W", "1", str(self.dst.ip)]
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.src.netns, *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=10)
-        found = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-        assert found, f"no ping summary: {out!r} {err!r}"
-        self.transmitted, self.received = int(found[1]), int(found[2])
-
-    def assert_lossless(self) -> None:
-        assert self.transmitted >= 50, f"the ping ran too short: {self.transmitted} sent"
-        lost = self.transmitted - self.received
-        assert lost == 0, f"{self.src.name} -> {self.dst.name} lost {lost} of {self.transmitted}"
 
 
 @pytest.fixture(scope="module")
