@@ -6,6 +6,7 @@ Own endpoints: /healthz (process up), /readyz (200 only while the cloud is healt
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import ssl
@@ -17,11 +18,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from yarl import URL
 
+from raven.aio import cancel_and_wait
 from raven.cacheproxy.cache import Cache, cache_key, credential_hash
 from raven.cacheproxy.decide import Action, Request, State, decide
 from raven.cacheproxy.health import CloudHealth, HealthConfig
 
 DEFAULT_PORT = 10261
+# Opening a connection to the API server (TCP and TLS) takes this long at most: on a link that
+# silently drops packets a connect would otherwise hang for aiohttp's default 30 s.
+CONNECT_TIMEOUT = 5.0
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
 DROP_RESPONSE = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 OWN_PATHS = {"/healthz", "/readyz", "/metrics"}
@@ -89,7 +94,10 @@ class CacheProxy:
         self.stopping = False
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(auto_decompress=True)
+        self.session = aiohttp.ClientSession(
+            auto_decompress=True,
+            timeout=aiohttp.ClientTimeout(total=300, sock_connect=CONNECT_TIMEOUT),
+        )
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
@@ -218,9 +226,16 @@ class CacheProxy:
         return web.Response(status=up.status, body=data, headers=out)
 
     async def forward_watch(self, request: web.Request, key: str) -> web.StreamResponse:
+        """Stream the API server's watch to the client, folding its events into the cache.
+
+        Losing the cloud mid-watch ends the upstream side but not the client's: it is held,
+        silent, like an offline watch, and ended once the cloud is back, so the client watches
+        again at once. (A link that silently drops packets would otherwise leave it waiting on
+        a dead connection until its own read timeout, long after the cloud returned.)
+        """
         assert self.session is not None
         url, headers = self._upstream(request)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
         async with self.session.get(url, headers=headers, ssl=self.ssl_ctx, timeout=timeout) as up:
             if up.status != 200:
                 data = await up.read()
@@ -228,15 +243,39 @@ class CacheProxy:
             resp = web.StreamResponse(status=200)
             resp.content_type = up.content_type
             await resp.prepare(request)
-            buf = b""
-            async for chunk in up.content.iter_any():
-                await resp.write(chunk)
-                if "json" in up.content_type:
-                    buf += chunk
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        self._fold(key, line)
-            return resp
+            pump = asyncio.create_task(self._pump(up, resp, key))
+            try:
+                while not pump.done() and self.health.healthy and not self.stopping:
+                    changed = asyncio.ensure_future(self.health.changed.wait())
+                    await asyncio.wait({pump, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    changed.cancel()
+            finally:
+                await cancel_and_wait(pump)
+            if pump.cancelled() or pump.exception() is None:
+                if pump.cancelled():  # the cloud went away (or we stop): hold, then end
+                    await self._hold(resp)
+                else:
+                    await resp.write_eof()  # the API server ended the watch
+                return resp
+            error = pump.exception()
+            if isinstance(error, ConnectionError):
+                return resp  # the client went away
+            if isinstance(error, aiohttp.ClientError | TimeoutError):
+                if isinstance(error, aiohttp.ClientConnectionError | TimeoutError):
+                    self.health.record(False)  # the upstream broke mid-stream: cloud gone
+                await self._hold(resp)  # ends it at once while the cloud is healthy
+                return resp
+            raise error
+
+    async def _pump(self, up: aiohttp.ClientResponse, resp: web.StreamResponse, key: str) -> None:
+        buf = b""
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+            if "json" in up.content_type:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    self._fold(key, line)
 
     def _fold(self, key: str, line: bytes) -> None:
         if not line.strip():
@@ -251,7 +290,13 @@ class CacheProxy:
         resp = web.StreamResponse(status=200)
         resp.content_type = "application/json"
         await resp.prepare(request)
+        await self._hold(resp)
+        return resp
+
+    async def _hold(self, resp: web.StreamResponse) -> None:
         while not self.health.healthy and not self.stopping:
             await self.health.changed.wait()
-        await resp.write_eof()
-        return resp
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client left while we held its watch
