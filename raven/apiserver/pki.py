@@ -1,7 +1,9 @@
 """Certificates and the bearer token for the lab's API server.
 
 The lab makes its own CA on every ``up`` and signs one serving certificate for the addresses the
-API server answers on. Private keys and the token are written with mode 0600.
+API server answers on, plus any extra serving certificates asked for at the same time (the lab's
+cache proxies serve 127.0.0.1 with one). The CA key is never written. Private keys and the token
+are written with mode 0600.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import datetime as dt
 import ipaddress
 import os
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,11 @@ class Pki:
     def token(self) -> str:
         return self.token_file.read_text().strip()
 
+    def extra_pair(self, name: str) -> tuple[Path, Path]:
+        """(certificate, key) of the extra serving certificate ``name`` (see ``make_pki``)."""
+        directory = self.ca_cert.parent
+        return directory / f"{name}.crt", directory / f"{name}.key"
+
 
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -54,13 +62,67 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pki(directory: Path, hosts: list[str], *, days: int = 365) -> Pki:
+def _sans(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    return sans
+
+
+def _serving_pair(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    cn: str,
+    hosts: Sequence[str],
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> tuple[bytes, bytes]:
+    """A serving certificate for ``hosts`` signed by the CA, and its key, both as PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def make_pki(
+    directory: Path,
+    hosts: list[str],
+    *,
+    days: int = 365,
+    extra: Mapping[str, Sequence[str]] | None = None,
+) -> Pki:
     """Write a fresh CA, a server certificate for ``hosts`` (IPs or DNS names) and a token.
 
-    Files: ``ca.crt``, ``server.crt``, ``server.key`` (0600), ``token`` (0600).
+    Files: ``ca.crt``, ``server.crt``, ``server.key`` (0600), ``token`` (0600). ``extra`` maps a
+    name to the hosts of one more serving certificate from the same CA, written as
+    ``<name>.crt`` and ``<name>.key`` (0600); :meth:`Pki.extra_pair` finds them.
     """
     if not hosts:
         raise ValueError("make_pki needs at least one host for the certificate")
+    for name, extra_hosts in (extra or {}).items():
+        if name in ("ca", "server") or not name.replace("-", "").isalnum():
+            raise ValueError(f"make_pki: extra certificate name {name!r} is reserved or unsafe")
+        if not extra_hosts:
+            raise ValueError(f"make_pki: extra certificate {name!r} needs at least one host")
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     not_before = now - dt.timedelta(minutes=5)
@@ -93,37 +155,19 @@ def make_pki(directory: Path, hosts: list[str], *, days: int = 365) -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
 
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("raven-lab-apiserver"))
-        .issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
     pki = Pki.at(directory)
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    pki.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        pki.server_key,
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+    cert_pem, key_pem = _serving_pair(
+        ca_key, ca_cert, "raven-lab-apiserver", hosts, not_before, not_after
     )
+    pki.server_cert.write_bytes(cert_pem)
+    _write_private(pki.server_key, key_pem)
+    for name, extra_hosts in (extra or {}).items():
+        cert_pem, key_pem = _serving_pair(
+            ca_key, ca_cert, f"raven-lab-{name}", extra_hosts, not_before, not_after
+        )
+        cert_path, key_path = pki.extra_pair(name)
+        cert_path.write_bytes(cert_pem)
+        _write_private(key_path, key_pem)
     _write_private(pki.token_file, (secrets.token_urlsafe(32) + "\n").encode())
     return pki

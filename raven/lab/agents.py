@@ -1,7 +1,9 @@
 """Start, stop and restart the lab's ``raven-agent`` processes, one per node namespace.
 
 Every agent is recorded in the lab state (PID and start time) as it starts, so ``down`` and
-``stop`` end exactly the processes the lab started and nothing else.
+``stop`` end exactly the processes the lab started and nothing else. An agent talks to the API
+server through its node's cache proxy (``STATE/proxy.kubeconfig``, see :mod:`raven.lab.proxies`),
+so it keeps working from the proxy's cache while its node or pool is cut from the cloud.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import subprocess
 from pathlib import Path
 
 from raven.lab import netns
+from raven.lab.proxies import PROXY_KUBECONFIG
 from raven.lab.state import LabState, is_same_process, proc_start_time, stop_process
 from raven.lab.topology import Lab, Node
 
-NODE_KUBECONFIG = "nodes.kubeconfig"  # agents reach the API server over the Internet segment
+# For processes inside node namespaces that talk to the API server directly (over the Internet
+# segment). Agents use PROXY_KUBECONFIG instead: their node's cache proxy.
+NODE_KUBECONFIG = "nodes.kubeconfig"
+ROLE = "agent"
 
 
 def agent_dir(state_dir: Path, node: str) -> Path:
@@ -24,11 +30,11 @@ def agent_dir(state_dir: Path, node: str) -> Path:
 
 
 def _records(st: LabState, node: str) -> list[dict]:
-    return [r for r in st.of_kind("process") if r["role"] == "agent" and r["name"] == node]
+    return st.processes(ROLE, node)
 
 
 def running(st: LabState, node: str) -> bool:
-    return any(is_same_process(int(r["pid"]), r.get("start_time")) for r in _records(st, node))
+    return st.running(ROLE, node)
 
 
 def start(lab: Lab, st: LabState, state_dir: Path, node: Node, executable: Path) -> int:
@@ -43,7 +49,7 @@ def start(lab: Lab, st: LabState, state_dir: Path, node: Node, executable: Path)
         "--node-name",
         node.name,
         "--kubeconfig",
-        str(state_dir / NODE_KUBECONFIG),
+        str(state_dir / PROXY_KUBECONFIG),
         "--state-dir",
         str(home),
         "--wg-interface",
@@ -60,7 +66,7 @@ def start(lab: Lab, st: LabState, state_dir: Path, node: Node, executable: Path)
     st.records = [r for r in st.records if r not in _records(st, node.name)]
     st.add(
         "process",
-        role="agent",
+        role=ROLE,
         name=node.name,
         pid=proc.pid,
         start_time=proc_start_time(proc.pid),

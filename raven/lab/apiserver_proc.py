@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from raven.apiserver.pki import Pki, make_pki
@@ -41,8 +42,12 @@ def apiserver_available() -> bool:
     return importlib.util.find_spec("raven.apiserver.__main__") is not None
 
 
-def make_lab_pki(directory: Path, hosts: list[str]) -> Pki:
-    return make_pki(directory, hosts)
+def make_lab_pki(
+    directory: Path, hosts: list[str], *, extra: Mapping[str, Sequence[str]] | None = None
+) -> Pki:
+    """The lab CA, the API server's certificate for ``hosts`` and the token; ``extra`` names
+    further serving certificates from the same CA (the cache proxies' one for 127.0.0.1)."""
+    return make_pki(directory, hosts, extra=extra)
 
 
 def start(lab: Lab, pki: Pki, *, state_dir: Path, log_file: Path) -> subprocess.Popen[bytes]:

@@ -1,4 +1,5 @@
-"""``raven lab up | status | down``: the command-line face of the lab engine."""
+"""``raven lab up | status | down | agents | apiserver | cut | heal | restart``: the command-line
+face of the lab engine."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Annotated
 import typer
 
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, engine, matrix
-from raven.lab.topology import TopologyError
+from raven.lab import apiserver_proc, engine, faults, matrix, proxies
+from raven.lab.state import LabState
+from raven.lab.topology import Lab, TopologyError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -137,7 +139,7 @@ def status(
     state_dir: StateDir = None,
     prefix: Prefix = None,
 ) -> None:
-    """Kubeconfig, API server URL, and every node and pod with its pool, namespace and addresses."""
+    """Kubeconfig, API server, cuts, and every node and pod: pool, namespace, addresses, PIDs."""
     if output not in ("table", "json"):
         typer.echo(f"error: -o {output!r}: expected 'table' or 'json'", err=True)
         raise typer.Exit(2)
@@ -151,17 +153,36 @@ def status(
     typer.echo(f"phase:      {st.phase}")
     typer.echo(f"kubeconfig: {st.kubeconfig or '-'}")
     typer.echo(f"API server: {st.api_url or '-'}")
-    rows = [("KIND", "NAME", "POOL", "NODE", "NETNS", "ADDRESSES")]
+    cut = ", ".join(f"{c['target']} ({c['scope']})" for c in st.cuts)
+    typer.echo(f"cut:        {cut or '-'}")
+    rows = [("KIND", "NAME", "POOL", "NODE", "NETNS", "ADDRESSES", "AGENT", "CACHE-PROXY", "CUT")]
     rows += [
-        ("node", n["name"], n["pool"], "", n["netns"], ",".join(n["addresses"])) for n in st.nodes
+        (
+            "node",
+            n["name"],
+            n["pool"],
+            "",
+            n["netns"],
+            ",".join(n["addresses"]),
+            _proc(n["agent"]),
+            _proc(n["cacheProxy"]),
+            "cut" if n["cut"] else "",
+        )
+        for n in st.nodes
     ]
     rows += [
-        ("pod", p["name"], p["pool"], p["node"], p["netns"], ",".join(p["addresses"]))
+        ("pod", p["name"], p["pool"], p["node"], p["netns"], ",".join(p["addresses"]), "", "", "")
         for p in st.pods
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _proc(info: dict | None) -> str:
+    if info is None:
+        return "-"
+    return str(info["pid"]) if info["running"] else f"{info['pid']} (exited)"
 
 
 @app.command()
@@ -193,24 +214,25 @@ def agents(
     if action in ("start", "restart") and (why := engine.agent_problem()):
         typer.echo(f"error: cannot start agents: {why}", err=True)
         raise typer.Exit(1)
-    for name in nodes or list(by_name):
+    names = nodes or list(by_name)
+    for name in names:
         if action in ("stop", "restart"):
             lab_agents.stop(st, name)
+            if action == "stop":
+                typer.echo(f"stopped agent of {name}")
         elif action == "kill":
             lab_agents.kill(st, name)
-        if action in ("start", "restart"):
-            try:
-                pid = lab_agents.start(
-                    lab, st, settings.state_dir, by_name[name], engine.agent_executable()
-                )
-            except RuntimeError as e:
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(1) from None
+            typer.echo(f"killed agent of {name}")
+    if action in ("start", "restart"):
+        # Each agent talks to the API server through its node's cache proxy: those not running
+        # yet (after `up --no-agents`) start first.
+        try:
+            started = engine.start_agents(settings, names)
+        except (engine.LabError, proxies.ProxyError, RuntimeError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        for name, pid in started:
             typer.echo(f"{action}ed agent of {name} (pid {pid})")
-        else:
-            typer.echo(
-                f"{action}ed agent of {name}" if action == "kill" else f"stopped agent of {name}"
-            )
 
 
 @app.command()
@@ -234,3 +256,103 @@ def apiserver(
     except (engine.LabError, apiserver_proc.ApiServerError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+
+
+Target = Annotated[
+    str,
+    typer.Argument(
+        help="A pool (edge-a) or a node (edge-a-1); pool/NAME or node/NAME if a name is both.",
+        show_default=False,
+    ),
+]
+
+
+def _fault_target(settings: engine.Settings, text: str) -> tuple[LabState, Lab, faults.Target]:
+    try:
+        st, lab = engine.load(settings)
+    except engine.LabError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        return st, lab, faults.resolve_target(lab, text)
+    except faults.FaultError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def cut(target: Target, state_dir: StateDir = None, prefix: Prefix = None) -> None:
+    """Take a pool's or a node's path to the cloud away; the LAN inside the pool keeps working.
+
+    An edge pool is cut at its NAT router, a node in its namespace, a public pool at each node.
+
+    Undo with `raven lab heal`.
+    """
+    st, lab, tgt = _fault_target(_settings(state_dir, prefix), target)
+    try:
+        fresh = faults.cut(lab, st, tgt)
+    except faults.FaultError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if fresh:
+        typer.echo(f"cut {tgt} from the cloud ({faults.describe(lab, tgt)})")
+    else:
+        typer.echo(f"{tgt} was already cut (its rules are in place)")
+
+
+@app.command()
+def heal(target: Target, state_dir: StateDir = None, prefix: Prefix = None) -> None:
+    """Give a pool or node cut by `raven lab cut` its path to the cloud back."""
+    st, _, tgt = _fault_target(_settings(state_dir, prefix), target)
+    try:
+        healed = faults.heal(st, tgt)
+    except faults.FaultError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"healed {tgt}" if healed else f"{tgt} was not cut")
+
+
+@app.command()
+def restart(
+    node: Annotated[str, typer.Argument(help="The node whose process to restart.")],
+    component: Annotated[
+        str, typer.Option("--component", "-c", help="agent or cache-proxy")
+    ] = "agent",
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Restart one process of a node: its agent or its cache proxy.
+
+    The agent gets SIGTERM (it releases its lease), the proxy keeps its cache on disk.
+
+    A process that was not running is started.
+    """
+    if component not in engine.COMPONENTS:
+        typer.echo(
+            f"error: --component {component!r}: expected {' or '.join(engine.COMPONENTS)}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    settings = _settings(state_dir, prefix)
+    try:
+        st, lab = engine.load(settings)
+    except engine.LabError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if node not in {n.name for n in lab.nodes}:
+        names = ", ".join(n.name for n in lab.nodes)
+        typer.echo(f"error: no such lab node: {node!r} (nodes: {names})", err=True)
+        raise typer.Exit(2)
+    try:
+        pid, was_running = engine.restart(settings, node, component)
+    except (engine.LabError, proxies.ProxyError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    verb = "restarted" if was_running else "started (it was not running)"
+    typer.echo(f"{verb} {component} of {node} (pid {pid})")
+    if component == "agent" and not proxies.running(st, node) and st.info.get("api_node_url"):
+        typer.echo(
+            f"warning: the cache proxy of {node} is not running, so its agent cannot reach the "
+            f"API server; start it with `raven lab restart {node} --component cache-proxy`",
+            err=True,
+        )

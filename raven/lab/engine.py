@@ -1,4 +1,5 @@
-"""Orchestration of ``raven lab up | status | down`` on top of the topology and the primitives.
+"""Orchestration of ``raven lab up | status | down | restart`` on top of the topology and the
+primitives (cut and heal live in :mod:`raven.lab.faults`).
 
 ``up`` records every namespace, link, process and file in the state dir as it creates it;
 ``down`` undoes those records, then sweeps anything named with the lab's prefix, so it also
@@ -21,8 +22,8 @@ from typing import Any
 from raven.apiserver.kubeconfig import write_kubeconfig
 from raven.apiserver.pki import Pki
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, netns
-from raven.lab.state import LabState, proc_start_time, stop_process
+from raven.lab import apiserver_proc, faults, netns, proxies
+from raven.lab.state import LabState, proc_start_time, stop_processes
 from raven.lab.topology import (
     API_PORT_IF,
     BRIDGE_IF,
@@ -44,7 +45,11 @@ DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "netns-lab" / "three-po
 CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 WG_SOCKET_DIR = Path("/var/run/wireguard")
 HOST_KUBECONFIG = "kubeconfig"  # for the operator on the host (API server's host-link address)
-NODE_KUBECONFIG = lab_agents.NODE_KUBECONFIG  # agents reach the API server over the Internet
+NODE_KUBECONFIG = lab_agents.NODE_KUBECONFIG  # node namespaces reach the API server directly
+PROXY_KUBECONFIG = proxies.PROXY_KUBECONFIG  # agents: their node's cache proxy on 127.0.0.1
+COMPONENTS = ("agent", "cache-proxy")  # what `raven lab restart NODE --component` restarts
+# Order in which `down` stops processes: agents still talk to their proxies as they stop.
+STOP_ORDER = ("agent", proxies.ROLE, "apiserver")
 # Files and directories the lab writes in its state dir; `down` removes exactly these.
 STATE_ENTRIES = (
     "lab.json",
@@ -53,8 +58,10 @@ STATE_ENTRIES = (
     "apiserver",
     "apiserver.log",
     "agents",
+    "proxies",
     HOST_KUBECONFIG,
     NODE_KUBECONFIG,
+    PROXY_KUBECONFIG,
 )
 
 
@@ -163,8 +170,11 @@ def up(
         result = UpResult(lab=lab, kubeconfig=None, api_url=None, seconds=0.0)
         if apiserver:
             _start_apiserver(lab, st, state_dir, settings, result)
+            if agents:  # the proxies start up while the API server gets its objects
+                _launch_proxies(lab, st, state_dir)
+            _populate_apiserver(lab, st, result)
         if agents:
-            result.agents = _start_agents(lab, st, state_dir)
+            result.agents = _start_agents(lab, st, state_dir, proxied=apiserver)
     except BaseException:
         # Roll back, so a failed `up` leaves nothing behind (a crash that skips this is
         # what `raven lab down` is for).
@@ -262,35 +272,43 @@ def _start_apiserver(
 ) -> None:
     api_host_ip = st.info["api_host_ip"]
     pki = apiserver_proc.make_lab_pki(
-        state_dir / "pki", [str(lab.api_ip), api_host_ip, "localhost"]
+        state_dir / "pki",
+        [str(lab.api_ip), api_host_ip, "localhost"],
+        extra={proxies.CERT_NAME: list(proxies.CERT_HOSTS)},
     )
     host_url = f"https://{api_host_ip}:{lab.api_port}"
     node_url = f"https://{lab.api_ip}:{lab.api_port}"
     _launch_apiserver(lab, st, state_dir, pki, host_url, settings.apiserver_timeout)
     kubeconfig = write_kubeconfig(state_dir / HOST_KUBECONFIG, host_url, pki.ca_cert, pki.token)
     write_kubeconfig(state_dir / NODE_KUBECONFIG, node_url, pki.ca_cert, pki.token)
+    proxies.write_proxy_kubeconfig(state_dir, pki)
     st.info.update(
         kubeconfig=str(kubeconfig),
         node_kubeconfig=str(state_dir / NODE_KUBECONFIG),
+        proxy_kubeconfig=str(state_dir / PROXY_KUBECONFIG),
         api_url=host_url,
         api_node_url=node_url,
     )
     st.save()
+    result.kubeconfig, result.api_url = kubeconfig, host_url
+
+
+def _populate_apiserver(lab: Lab, st: LabState, result: UpResult) -> None:
+    """The lab's Nodes, Raven's CRDs and the relay pool's Gateway, as an operator would make."""
+    kubeconfig = result.kubeconfig
+    assert kubeconfig is not None
     apiserver_proc.register_nodes(lab, kubeconfig)
     st.info["crds"] = apiserver_proc.install_crds(kubeconfig, CRD_DIR)
     st.info["gateways"] = apiserver_proc.create_gateways(lab, kubeconfig)
     st.save()
-    result.kubeconfig, result.api_url = kubeconfig, host_url
 
 
 def stop_apiserver(settings: Settings) -> bool:
     """Stop the running lab's API server (an outage); its state stays for ``start_apiserver``."""
     st, _ = load(settings)
-    stopped = False
-    for rec in [r for r in st.of_kind("process") if r["role"] == "apiserver"]:
-        stopped |= stop_process(int(rec["pid"]), rec.get("start_time"))
-        st.records.remove(rec)
-    st.save()
+    recs = st.processes("apiserver")
+    stopped = bool(stop_processes([(int(r["pid"]), r.get("start_time")) for r in recs]))
+    st.forget(recs)
     return stopped
 
 
@@ -323,10 +341,56 @@ def _launch_apiserver(
     return proc.pid
 
 
-def _start_agents(lab: Lab, st: LabState, state_dir: Path) -> list[str]:
+def _launch_proxies(lab: Lab, st: LabState, state_dir: Path) -> None:
+    """Start every node's cache proxy without waiting (``_start_agents`` waits for them)."""
+    for node in lab.nodes:
+        proxies.start(st, state_dir, node, st.info["api_node_url"])
+
+
+def _start_agents(lab: Lab, st: LabState, state_dir: Path, *, proxied: bool) -> list[str]:
+    names = [n.name for n in lab.nodes]
+    if proxied:
+        proxies.wait_ready(st, names)  # an agent's first list goes through its proxy
     for node in lab.nodes:
         lab_agents.start(lab, st, state_dir, node, agent_executable())
-    return [n.name for n in lab.nodes]
+    return names
+
+
+def start_agents(settings: Settings, nodes: list[str]) -> list[tuple[str, int]]:
+    """Start the agents of ``nodes`` (their cache proxies first, where none runs); returns
+    (node, pid) pairs. RuntimeError when one of them is already running."""
+    st, lab = load(settings)
+    by_name = {n.name: n for n in lab.nodes}
+    if unknown := [n for n in nodes if n not in by_name]:
+        raise LabError(f"no such lab node: {', '.join(unknown)} (nodes: {', '.join(by_name)})")
+    if why := agent_problem():
+        raise LabError(f"cannot start agents: {why}")
+    proxies.start_missing(lab, st, settings.state_dir, nodes)
+    exe = agent_executable()
+    return [(n, lab_agents.start(lab, st, settings.state_dir, by_name[n], exe)) for n in nodes]
+
+
+def restart(settings: Settings, node: str, component: str) -> tuple[int, bool]:
+    """Restart one process of ``node``: its agent (SIGTERM, so it releases its lease) or its
+    cache proxy (its cache stays). Starts it when it was not running. Returns (new PID, whether
+    it was running)."""
+    if component not in COMPONENTS:
+        raise LabError(f"component {component!r}: expected {' or '.join(COMPONENTS)}")
+    st, lab = load(settings)
+    by_name = {n.name: n for n in lab.nodes}
+    if node not in by_name:
+        raise LabError(f"no such lab node: {node} (nodes: {', '.join(by_name)})")
+    if component == "agent":
+        if why := agent_problem():
+            raise LabError(f"cannot start agents: {why}")
+        was = lab_agents.stop(st, node)
+        return lab_agents.start(lab, st, settings.state_dir, by_name[node], agent_executable()), was
+    if not st.info.get("api_node_url"):
+        raise LabError("the lab has no API server, so there is nothing to proxy")
+    was = proxies.stop(st, node)
+    pid = proxies.start(st, settings.state_dir, by_name[node], st.info["api_node_url"])
+    proxies.wait_ready(st, [node])
+    return pid, was
 
 
 def down(settings: Settings, *, log: Any = print) -> list[str]:
@@ -336,11 +400,16 @@ def down(settings: Settings, *, log: Any = print) -> list[str]:
     st = LabState.load(settings.state_dir)
     prefix = st.prefix if st else settings.prefix
 
-    # 1. processes, by recorded PID only (agents first: they talk to the API server)
+    # 1. processes, by recorded PID only, each role at once: agents first (they talk to their
+    #    proxies as they stop), then the proxies, then the API server and anything else
     procs = st.of_kind("process") if st else []
-    for rec in sorted(procs, key=lambda r: r["role"] != "agent"):
-        if stop_process(int(rec["pid"]), rec.get("start_time")):
-            log(f"stopped {rec['role']} {rec['name']} (pid {rec['pid']})")
+    rank = {role: i for i, role in enumerate(STOP_ORDER)}
+    for i in sorted({rank.get(r["role"], len(rank)) for r in procs}):
+        group = [r for r in procs if rank.get(r["role"], len(rank)) == i]
+        ended = stop_processes([(int(r["pid"]), r.get("start_time")) for r in group])
+        for rec in group:
+            if int(rec["pid"]) in ended:
+                log(f"stopped {rec['role']} {rec['name']} (pid {rec['pid']})")
 
     # 2. namespaces: recorded ones and any others named with the prefix. WireGuard links are
     #    deleted first so a wireguard-go left behind by a crashed agent exits on its own.
@@ -422,15 +491,19 @@ class Status:
     api_url: str | None
     nodes: list[dict[str, Any]]
     pods: list[dict[str, Any]]
+    cuts: list[dict[str, Any]] = field(default_factory=list)
+    proxy_kubeconfig: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "up": self.up,
             "phase": self.phase,
             "kubeconfig": self.kubeconfig,
+            "proxyKubeconfig": self.proxy_kubeconfig,
             "apiServer": self.api_url,
             "nodes": self.nodes,
             "pods": self.pods,
+            "cuts": self.cuts,
         }
 
 
@@ -448,6 +521,7 @@ def status(settings: Settings) -> Status:
         return Status(up=False, phase="down", kubeconfig=None, api_url=None, nodes=[], pods=[])
     lab = resolve(parse_topology(st.info["spec"]), st.prefix)
     present = set(netns.list_netns())
+    cut = faults.cut_nodes(lab, st)
     nodes = [
         {
             "name": n.name,
@@ -456,6 +530,9 @@ def status(settings: Settings) -> Status:
             "addresses": [str(n.ip)],
             "podCIDR": str(n.pod_cidr),
             "present": n.netns in present,
+            "agent": _process_status(st, "agent", n.name),
+            "cacheProxy": _process_status(st, proxies.ROLE, n.name),
+            "cut": n.name in cut,
         }
         for n in lab.nodes
     ]
@@ -477,7 +554,17 @@ def status(settings: Settings) -> Status:
         api_url=st.info.get("api_url"),
         nodes=nodes,
         pods=pods,
+        cuts=faults.cuts(st),
+        proxy_kubeconfig=st.info.get("proxy_kubeconfig"),
     )
+
+
+def _process_status(st: LabState, role: str, node: str) -> dict[str, Any] | None:
+    """PID and liveness of the recorded ``role`` process of ``node``; None when none is recorded."""
+    recs = st.processes(role, node)
+    if not recs:
+        return None
+    return {"pid": int(recs[-1]["pid"]), "running": st.running(role, node)}
 
 
 def settings_from_env(state_dir: Path | None = None, prefix: str | None = None) -> Settings:

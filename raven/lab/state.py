@@ -49,6 +49,26 @@ class LabState:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["kind"] == kind]
 
+    def processes(self, role: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Process records of ``role`` (``agent``, ``cache-proxy``, ``apiserver``), optionally
+        only the one(s) named ``name`` (the node, for agents and proxies)."""
+        return [
+            r
+            for r in self.of_kind("process")
+            if r["role"] == role and (name is None or r["name"] == name)
+        ]
+
+    def running(self, role: str, name: str) -> bool:
+        """Whether a recorded process of ``role`` for ``name`` is still the one we started."""
+        return any(
+            is_same_process(int(r["pid"]), r.get("start_time")) for r in self.processes(role, name)
+        )
+
+    def forget(self, records: list[dict[str, Any]]) -> None:
+        """Drop these records (after their process ended) and save."""
+        self.records = [r for r in self.records if not any(r is x for x in records)]
+        self.save()
+
     @classmethod
     def load(cls, state_dir: Path) -> LabState | None:
         path = state_dir / STATE_FILE
@@ -108,6 +128,39 @@ def stop_process(pid: int, start_time: int | None, *, grace: float = 3.0) -> boo
             break
         time.sleep(0.05)
     return True
+
+
+def stop_processes(procs: list[tuple[int, int | None]], *, grace: float = 3.0) -> list[int]:
+    """Like :func:`stop_process` for several ``(pid, start_time)`` at once: SIGTERM them all,
+    wait up to ``grace`` seconds for all of them together, SIGKILL whoever is left. Returns the
+    PIDs that were running and have now ended."""
+    live = [(pid, t) for pid, t in procs if is_same_process(pid, t)]
+    for pid, _ in live:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def ended(pid: int, t: int | None) -> bool:
+        _reap(pid)
+        return not is_same_process(pid, t) or _is_zombie(pid)
+
+    deadline = time.monotonic() + grace
+    left = list(live)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [(pid, t) for pid, t in left if not ended(pid, t)]
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _ in range(40):
+        left = [(pid, t) for pid, t in left if not ended(pid, t)]
+        if not left:
+            break
+        time.sleep(0.05)
+    return [pid for pid, _ in live]
 
 
 def _reap(pid: int) -> None:

@@ -208,15 +208,29 @@ def test_up_starts_one_agent_per_node_in_its_namespace_and_down_stops_them(env, 
             time.sleep(0.05)
         words = (adir / "agent.log").read_text().split()
         assert words[words.index("--node-name") + 1] == node["name"]
-        assert words[words.index("--kubeconfig") + 1] == str(env.state_dir / "nodes.kubeconfig")
+        # agents talk to the API server through their node's cache proxy
+        assert words[words.index("--kubeconfig") + 1] == str(env.state_dir / "proxy.kubeconfig")
         assert words[words.index("--state-dir") + 1] == str(adir)
         wg = words[words.index("--wg-interface") + 1]
         assert len(wg) <= 15 and wg.startswith(env.prefix)
         wg_names.add(wg)
     assert len(wg_names) == 9
+    # one cache proxy per node, in the node's namespace, started before its agent
+    proxy_pids = []
+    for node in status["nodes"]:
+        proxy = node["cacheProxy"]
+        assert proxy is not None and proxy["running"], node
+        assert proc_start_time(proxy["pid"]) <= proc_start_time(node["agent"]["pid"])
+        ns = subprocess.run(
+            ["ip", "netns", "identify", str(proxy["pid"])], capture_output=True, text=True
+        ).stdout.strip()
+        assert ns == node["netns"]
+        log = (env.state_dir / "proxies" / node["name"] / "cache-proxy.log").read_text()
+        assert "raven-cache-proxy listening on https://127.0.0.1:10261" in log
+        proxy_pids.append(proxy["pid"])
     res = env.raven("down")
     assert res.returncode == 0, res.stderr
-    assert [p for p in pids if _running(p)] == []
+    assert [p for p in pids + proxy_pids if _running(p)] == []
     assert env.leftovers() == []
 
 
