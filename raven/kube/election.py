@@ -255,8 +255,14 @@ class LeaseElector:
             self.last_error = e
             self._lease = None  # force a fresh read next round
         except KubeError as e:
+            # An outage fails every round alike (several a second): say it once, not each time.
+            repeated = self.last_error is not None and str(self.last_error) == str(e)
             self.last_error = e
-            log.warning("election %s: %s", self.lease_name, e)
+            (log.debug if repeated else log.warning)("election %s: %s", self.lease_name, e)
+        else:
+            if self.last_error is not None and not isinstance(self.last_error, Conflict):
+                log.info("election %s: the API server answers again", self.lease_name)
+            self.last_error = None
         await self._publish()
 
     async def release(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -217,16 +218,26 @@ async def test_step_down_releases_and_stays_out_for_the_backoff(
         await wait_until(lambda: el.is_holder, timeout=2, what="back after the back-off")
 
 
-async def test_api_outage_holder_keeps_forwarding_but_not_proved(apiserver: Any) -> None:
+async def test_api_outage_holder_keeps_forwarding_but_not_proved(
+    apiserver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     async with candidates(apiserver, ["n1"]) as (el,):
         await wait_until(lambda: el.is_holder, what="n1 holds")
+        caplog.set_level(logging.INFO, logger="raven.kube.election")
         await asyncio.to_thread(apiserver.stop)
         await wait_until(lambda: not el.is_holder, timeout=3, what="proof runs out")
         # Nobody else can hold the lease either: keep carrying traffic (invariant 3).
         assert el.seen_holder == "n1" and el.may_forward
         assert el.last_error is not None
+        await asyncio.sleep(1.0)  # many more failed rounds (renew every 0.25 s)
         await asyncio.to_thread(apiserver.restart)
         await wait_until(lambda: el.is_holder, timeout=5, what="renews after the outage")
+        await wait_until(lambda: el.last_error is None, timeout=2, what="error cleared")
+    # The outage is logged when it starts (a refusal and a timeout may read differently), not
+    # at every failed round, and its end is logged once.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 <= len(warnings) <= 3, [r.getMessage() for r in warnings]
+    assert sum("answers again" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_timings_reject_nonsense() -> None:
