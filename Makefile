@@ -27,7 +27,7 @@ lab: setup
 lab-down: setup
 	$(VENV)/bin/raven lab down
 
-test: setup
+test: lint
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup
@@ -35,6 +35,7 @@ test-unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check raven agent gateway tests
+	$(VENV)/bin/mypy raven agent gateway
 
 clean:
 	rm -rf $(VENV) *.egg-info

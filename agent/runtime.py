@@ -141,10 +141,10 @@ class Agent:
         self.dataplane = await self._plane(DataPlane, self.settings)
         # Someone deleting our route or rule, or wireguard-go dying (its link vanishes), is
         # undone by the next reconcile: within a second, not at the next resync.
-        self.kernel_watch = KernelWatch(
-            lambda reason: loop.call_soon_threadsafe(self._drifted),
-            tables=(self.settings.table,),
-        )
+        def drifted(reason: str) -> None:  # called on the watch's own thread
+            loop.call_soon_threadsafe(self._drifted)
+
+        self.kernel_watch = KernelWatch(drifted, tables=(self.settings.table,))
         self.kernel_watch.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -263,7 +263,7 @@ class Agent:
     def _my_node(self) -> dict[str, Any] | None:
         return self.nodes.get(self.settings.node_name)
 
-    def _holders(self, view_leases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _holders(self, view_leases: dict[str, dict[str, Any]]) -> dict[str, Mapping[str, Any]]:
         """Pool -> Lease as the planner should see it. Our own elector reads the pool's lease
         more often than the informer, so its word wins; a Lease naming nobody keeps the last
         holder seen (see ``_last_holders``)."""

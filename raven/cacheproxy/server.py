@@ -265,6 +265,7 @@ class CacheProxy:
                     self.health.record(False)  # the upstream broke mid-stream: cloud gone
                 await self._hold(resp)  # ends it at once while the cloud is healthy
                 return resp
+            assert error is not None  # done, neither cancelled nor clean: it raised
             raise error
 
     async def _pump(self, up: aiohttp.ClientResponse, resp: web.StreamResponse, key: str) -> None:

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from raven.apiserver.pki import Pki, make_pki
 from raven.lab.netns import in_netns
@@ -110,7 +111,8 @@ def register_nodes(lab: Lab, kubeconfig: Path) -> None:
     try:
         core = client.CoreV1Api(api_client)
         for node in lab.nodes:
-            core.create_node(_node_body(node))
+            body: Any = _node_body(node)  # the client takes plain dicts as well as models
+            core.create_node(body)
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             core.patch_node_status(
                 node.name,
@@ -213,7 +215,7 @@ def create_gateways(lab: Lab, kubeconfig: Path) -> list[str]:
     return made
 
 
-def _node_body(node: Node) -> dict[str, object]:
+def _node_body(node: Node) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",

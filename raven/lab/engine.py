@@ -452,7 +452,7 @@ def _live_wg_names() -> set[str]:
     # cheaply; its socket accepts connections. Treat connectable sockets as live.
     import socket
 
-    live = set()
+    live: set[str] = set()
     if not WG_SOCKET_DIR.is_dir():
         return live
     for sock in WG_SOCKET_DIR.glob("*.sock"):

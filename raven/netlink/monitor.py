@@ -180,7 +180,7 @@ class KernelWatch:
 
     def _drain(self, sock: socket.socket, marshal: Any, links: set[int]) -> list[str]:
         """Read every datagram waiting; keep ``links`` current; the reasons found."""
-        reasons = []
+        reasons: list[str] = []
         while True:
             try:
                 data = sock.recv(1 << 16)
