@@ -41,6 +41,7 @@ from raven.view import (
     NodeView,
     cluster_view,
     lease_holder,
+    node_from_k8s,
 )
 
 log = logging.getLogger("raven.agent")
@@ -114,6 +115,9 @@ class Agent:
         # would only lose packets the old gateway may still carry (DESIGN invariant 3).
         self._last_holders: dict[str, str] = {}
         self._dead_rounds = 0  # consecutive probe rounds in which our relay peer answered nothing
+        self._lease_holders: dict[str, str | None] = {}  # Lease name -> holder, as last seen
+        self._node_views: dict[str, Any] = {}  # Node name -> what the agent reads of it
+        self._gateway_specs: dict[str, Any] = {}  # Gateway name -> its spec, as last seen
         self._stopping = asyncio.Event()
         self._last_status: dict[str, Any] | None = None
         self._last_role: Role | None = None
@@ -128,6 +132,38 @@ class Agent:
 
     def _mark_dirty(self, *_: object) -> None:
         self._dirty.set()
+
+    def _lease_event(self, kind: str, lease: dict[str, Any]) -> None:
+        """A Lease changed. Renewals (several a second per pool, seen by every agent) change
+        nothing the plan reads; only a new holder, or a Lease gone, is worth a reconcile."""
+        name = (lease.get("metadata") or {}).get("name", "")
+        holder = None if kind == "DELETED" else lease_holder(lease)
+        if self._lease_holders.get(name, "?") != holder:
+            self._lease_holders[name] = holder
+            self._dirty.set()
+
+    def _node_event(self, kind: str, node: dict[str, Any]) -> None:
+        """A Node changed. Kubelets rewrite their status often; only what the plan, the
+        election or the probes read (pool, addresses, CIDRs, keys, readiness) is worth a
+        reconcile."""
+        meta = node.get("metadata") or {}
+        name = meta.get("name", "")
+        seen = None
+        if kind != "DELETED":
+            probe = (meta.get("annotations") or {}).get(PROBE_ANNOTATION)
+            seen = (node_from_k8s(node, pool_label=self.settings.pool_label), probe)
+        if self._node_views.get(name, "?") != seen:
+            self._node_views[name] = seen
+            self._dirty.set()
+
+    def _gateway_event(self, kind: str, gateway: dict[str, Any]) -> None:
+        """A Gateway changed. Gateways write their own status every few seconds; the plan
+        reads only the spec."""
+        name = (gateway.get("metadata") or {}).get("name", "")
+        seen = None if kind == "DELETED" else gateway.get("spec")
+        if self._gateway_specs.get(name, "?") != seen:
+            self._gateway_specs[name] = seen
+            self._dirty.set()
 
     def _drifted(self) -> None:
         self._resync_due = True
@@ -148,8 +184,10 @@ class Agent:
         self.kernel_watch.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        self.nodes.add_listener(self._node_event)
+        self.gateways.add_listener(self._gateway_event)
+        self.leases.add_listener(self._lease_event)
         for informer in (self.nodes, self.gateways, self.leases):
-            informer.add_listener(self._mark_dirty)
             informer.start()
         log.info(
             "agent starting node=%s wg=%s public_key=%s",
