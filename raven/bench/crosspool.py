@@ -193,6 +193,29 @@ def lab_up_to_full_matrix(settings: engine.Settings, timeout: float) -> tuple[fl
     return time.monotonic() - start, lab
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def idle_cpu(settings: engine.Settings, seconds: float = 5.0) -> dict[str, float]:
+    """CPU the lab's processes use per role while nothing changes, in % of one core (summed
+    over all nodes): what running Raven costs a node when the cluster is quiet."""
+    st, _ = engine.load(settings)
+    roles = {r["role"] for r in st.of_kind("process")}
+    pids = {role: [int(r["pid"]) for r in st.processes(role)] for role in roles}
+    before = {role: sum(_cpu_ticks(p) for p in ps) for role, ps in pids.items()}
+    time.sleep(seconds)
+    hz = os.sysconf("SC_CLK_TCK")
+    return {
+        role: round(100 * (sum(_cpu_ticks(p) for p in ps) - before[role]) / hz / seconds, 1)
+        for role, ps in sorted(pids.items())
+    }
+
+
 def _gateways(kubeconfig: Path) -> dict[str, str]:
     out = _sh(KUBECTL, "--kubeconfig", str(kubeconfig), "get", "gw", "-o", "json")
     return {g["metadata"]["name"]: g.get("status", {}).get("activeNode", "")
@@ -467,6 +490,8 @@ def run(
             seconds, lab = lab_up_to_full_matrix(settings, matrix_timeout)
             figures["up_to_full_matrix_s"] = round(seconds, 2)
             figures["pairs"] = len(matrix.pairs(lab))
+            for role, percent in idle_cpu(settings).items():
+                figures[f"idle_cpu_{role.replace('-', '_')}_percent"] = percent
             path = raven_path(lab, settings.state_dir / engine.HOST_KUBECONFIG)
             figures["raven_path"] = path.describe()
             if not skip_handbuilt:
