@@ -133,6 +133,10 @@ class Agent:
     def _mark_dirty(self, *_: object) -> None:
         self._dirty.set()
 
+    def _watched_lease(self, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """The pool's Lease as the informer's watch has it, for the elector (no GETs)."""
+        return self.leases.synced, self.leases.get(name)
+
     def _lease_event(self, kind: str, lease: dict[str, Any]) -> None:
         """A Lease changed. Renewals (several a second per pool, seen by every agent) change
         nothing the plan reads; only a new holder, or a Lease gone, is worth a reconcile."""
@@ -141,6 +145,8 @@ class Agent:
         if self._lease_holders.get(name, "?") != holder:
             self._lease_holders[name] = holder
             self._dirty.set()
+            if self.elector is not None and self.elector.lease_name == name:
+                self.elector.wake()  # a release is taken at once, not at the next retry
 
     def _node_event(self, kind: str, node: dict[str, Any]) -> None:
         """A Node changed. Kubelets rewrite their status often; only what the plan, the
@@ -408,6 +414,7 @@ class Agent:
                 # renew deadline still bounds how long we claim the lease without proof.
                 request_timeout=max(s.lease_renew, s.lease_duration / 2),
             ),
+            watched=functools.partial(self._watched_lease, lease_name(wanted)),
         )
         self.elector.add_listener(self._mark_dirty)
         self.elector.start()

@@ -15,6 +15,7 @@ import pytest
 from raven.kube import KubeClient, leases
 from raven.kube.election import LeaseElector, LeaseTimings
 from raven.kube.errors import NotFound
+from raven.kube.informer import Informer
 from raven.kube.testing import client_for_kubeconfig, wait_until
 
 # A hung server must fail one test fast, not stall the suite.
@@ -261,3 +262,48 @@ async def test_cancelling_the_task_still_releases(apiserver: Any, kube: KubeClie
             await task
         assert await lease_holder(kube) == ""
         assert not el.is_holder and not el.may_forward
+
+
+async def test_candidates_fed_by_a_watch_send_no_reads_and_still_take_over(
+    apiserver: Any,
+) -> None:
+    # Each candidate gets the lease from a real watch (an Informer) instead of GETting it.
+    clients = [client_for_kubeconfig(apiserver.kubeconfig) for _ in range(2)]
+    informers = [Informer(c, LEASES) for c in clients]
+    for inf in informers:
+        inf.start()
+    els = [
+        LeaseElector(
+            c,
+            "edge-a",
+            n,
+            namespace=NS,
+            timings=QUICK,
+            watched=lambda inf=inf: (inf.synced, inf.get("raven-gw-edge-a")),
+        )
+        for c, n, inf in zip(clients, ["n1", "n2"], informers, strict=True)
+    ]
+    try:
+        for inf in informers:
+            await inf.wait_synced(5)
+        for e in els:
+            e.start()
+        await wait_until(lambda: len(holders(els)) == 1, what="a holder")
+        old = next(e for e in els if e.is_holder)
+        new = next(e for e in els if not e.is_holder)
+        reads = new.reads
+        await asyncio.sleep(2.0)  # 8 renewals by the holder, ~16 looks by the other
+        assert holders(els) == [old.identity]
+        assert new.reads == reads, "a candidate with a watch sent GETs"
+        killed = time.monotonic()
+        await old.stop(release=False)  # a crash: the watch shows the lease going stale
+        await wait_until(lambda: new.is_holder, timeout=5, what="take-over")
+        assert 1.5 <= time.monotonic() - killed <= 3.5
+        assert new.reads == reads
+    finally:
+        for e in els:
+            await e.stop(release=False)
+        for inf in informers:
+            await inf.stop()
+        for c in clients:
+            await c.close()
