@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 from raven.lab import netns
 from raven.lab.proxies import PROXY_KUBECONFIG
-from raven.lab.state import LabState, is_same_process, proc_start_time, stop_process
+from raven.lab.state import LabState, is_same_process, stop_process
 from raven.lab.topology import Lab, Node
 
 # For processes inside node namespaces that talk to the API server directly (over the Internet
@@ -55,48 +54,33 @@ def start(lab: Lab, st: LabState, state_dir: Path, node: Node, executable: Path)
         "--wg-interface",
         ifname,
     ]
-    with open(home / "agent.log", "ab") as logf:
-        proc = subprocess.Popen(
-            netns.in_netns(node.netns, argv),
-            stdout=logf,
-            stderr=logf,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    st.records = [r for r in st.records if r not in _records(st, node.name)]
-    st.add(
-        "process",
-        role=ROLE,
-        name=node.name,
-        pid=proc.pid,
-        start_time=proc_start_time(proc.pid),
+    pid = st.spawn(
+        ROLE,
+        node.name,
+        netns.in_netns(node.netns, argv),
+        home / "agent.log",
         netns=node.netns,
         wg_interface=ifname,
     )
-    (home / "agent.pid").write_text(f"{proc.pid}\n")
-    return proc.pid
+    (home / "agent.pid").write_text(f"{pid}\n")
+    return pid
 
 
 def stop(st: LabState, node: str, *, grace: float = 5.0) -> bool:
     """SIGTERM the recorded agent of ``node`` (it releases its lease), SIGKILL after ``grace``."""
-    stopped = False
-    for record in _records(st, node):
-        stopped |= stop_process(int(record["pid"]), record.get("start_time"), grace=grace)
-    st.records = [r for r in st.records if r not in _records(st, node)]
-    st.save()
-    return stopped
+    return st.stop(ROLE, node, grace=grace)
 
 
 def kill(st: LabState, node: str) -> bool:
     """SIGKILL the recorded agent of ``node``: a crash, so no lease release and no cleanup."""
     killed = False
-    for record in _records(st, node):
+    records = _records(st, node)
+    for record in records:
         pid = int(record["pid"])
         if is_same_process(pid, record.get("start_time")):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 killed = True
             stop_process(pid, record.get("start_time"), grace=1.0)  # reap it
-    st.records = [r for r in st.records if r not in _records(st, node)]
-    st.save()
+    st.forget(records)
     return killed

@@ -11,7 +11,6 @@ lab state like agents (role ``cache-proxy``), so ``down`` stops them by PID.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from raven.apiserver.kubeconfig import write_kubeconfig
 from raven.apiserver.pki import Pki
 from raven.lab import netns
-from raven.lab.state import LabState, proc_start_time, stop_process
+from raven.lab.state import LabState
 from raven.lab.topology import Lab, Node
 
 ROLE = "cache-proxy"
@@ -83,27 +82,17 @@ def start(st: LabState, state_dir: Path, node: Node, upstream: str) -> int:
         str(key),
     ]
     offset = log_file.stat().st_size if log_file.exists() else 0
-    with open(log_file, "ab") as logf:
-        proc = subprocess.Popen(
-            netns.in_netns(node.netns, argv),
-            stdout=logf,
-            stderr=logf,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    st.forget(st.processes(ROLE, node.name))
-    st.add(
-        "process",
-        role=ROLE,
-        name=node.name,
-        pid=proc.pid,
-        start_time=proc_start_time(proc.pid),
+    pid = st.spawn(
+        ROLE,
+        node.name,
+        netns.in_netns(node.netns, argv),
+        log_file,
         netns=node.netns,
         log=str(log_file),
         log_offset=offset,
     )
-    (home / "cache-proxy.pid").write_text(f"{proc.pid}\n")
-    return proc.pid
+    (home / "cache-proxy.pid").write_text(f"{pid}\n")
+    return pid
 
 
 def wait_ready(st: LabState, nodes: list[str], *, timeout: float = 20.0) -> None:
@@ -160,9 +149,4 @@ def start_missing(lab: Lab, st: LabState, state_dir: Path, nodes: list[str]) -> 
 def stop(st: LabState, node: str, *, grace: float = 5.0) -> bool:
     """SIGTERM the recorded proxy of ``node`` (it ends held watches and exits), SIGKILL after
     ``grace``."""
-    recs = st.processes(ROLE, node)
-    stopped = False
-    for rec in recs:
-        stopped |= stop_process(int(rec["pid"]), rec.get("start_time"), grace=grace)
-    st.forget(recs)
-    return stopped
+    return st.stop(ROLE, node, grace=grace)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,34 @@ class LabState:
         """Drop these records (after their process ended) and save."""
         self.records = [r for r in self.records if not any(r is x for x in records)]
         self.save()
+
+    def spawn(self, role: str, name: str, argv: list[str], log_file: Path, **extra: Any) -> int:
+        """Start ``argv`` detached (its own session), its output appended to ``log_file``, and
+        record it as the ``role`` process of ``name`` in place of older records; its PID."""
+        with open(log_file, "ab") as logf:
+            proc = subprocess.Popen(
+                argv, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.forget(self.processes(role, name))
+        self.add(
+            "process",
+            role=role,
+            name=name,
+            pid=proc.pid,
+            start_time=proc_start_time(proc.pid),
+            **extra,
+        )
+        return proc.pid
+
+    def stop(self, role: str, name: str, *, grace: float = 5.0) -> bool:
+        """SIGTERM the recorded ``role`` process of ``name``, SIGKILL after ``grace``; forget
+        it. True when one was running."""
+        records = self.processes(role, name)
+        stopped = False
+        for record in records:
+            stopped |= stop_process(int(record["pid"]), record.get("start_time"), grace=grace)
+        self.forget(records)
+        return stopped
 
     @classmethod
     def load(cls, state_dir: Path) -> LabState | None:
