@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -34,12 +34,30 @@ Prefix = Annotated[
 ]
 
 
+def _fail(message: object, code: int) -> NoReturn:
+    """Say what is wrong and exit: 2 for bad input, 1 for a lab that cannot do it."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 def _settings(state_dir: Path | None, prefix: str | None) -> engine.Settings:
     try:
         return engine.settings_from_env(state_dir, prefix)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        _fail(e, 2)
+
+
+def _load(settings: engine.Settings) -> tuple[LabState, Lab]:
+    try:
+        return engine.load(settings)
+    except engine.LabError as e:
+        _fail(e, 1)
+
+
+def _require_nodes(lab: Lab, names: list[str]) -> None:
+    known = [n.name for n in lab.nodes]
+    if unknown := [n for n in names if n not in known]:
+        _fail(f"no such lab node: {', '.join(map(repr, unknown))} (nodes: {', '.join(known)})", 2)
 
 
 @app.command()
@@ -73,11 +91,9 @@ def up(
             log=lambda m: typer.echo(m, err=True),
         )
     except TopologyError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        _fail(e, 2)
     except (engine.LabError, RuntimeError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail(e, 1)
     lab, sd = res.lab, settings.state_dir
     env = ""
     if settings.prefix != engine.DEFAULT_PREFIX:
@@ -141,8 +157,7 @@ def status(
 ) -> None:
     """Kubeconfig, API server, cuts, and every node and pod: pool, namespace, addresses, PIDs."""
     if output not in ("table", "json"):
-        typer.echo(f"error: -o {output!r}: expected 'table' or 'json'", err=True)
-        raise typer.Exit(2)
+        _fail(f"-o {output!r}: expected 'table' or 'json'", 2)
     st = engine.status(_settings(state_dir, prefix))
     if output == "json":
         typer.echo(json.dumps(st.as_json(), indent=2))
@@ -196,25 +211,13 @@ def agents(
 ) -> None:
     """Start, stop, kill or restart the agents of a running lab."""
     if action not in ("start", "stop", "kill", "restart"):
-        typer.echo(f"error: action {action!r}: expected start, stop, kill or restart", err=True)
-        raise typer.Exit(2)
+        _fail(f"action {action!r}: expected start, stop, kill or restart", 2)
     settings = _settings(state_dir, prefix)
-    try:
-        st, lab = engine.load(settings)
-    except engine.LabError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    by_name = {n.name: n for n in lab.nodes}
-    unknown = [n for n in nodes or [] if n not in by_name]
-    if unknown:
-        typer.echo(
-            f"error: no such lab node: {', '.join(unknown)} (nodes: {', '.join(by_name)})", err=True
-        )
-        raise typer.Exit(2)
+    st, lab = _load(settings)
+    _require_nodes(lab, nodes or [])
     if action in ("start", "restart") and (why := engine.agent_problem()):
-        typer.echo(f"error: cannot start agents: {why}", err=True)
-        raise typer.Exit(1)
-    names = nodes or list(by_name)
+        _fail(f"cannot start agents: {why}", 1)
+    names = nodes or [n.name for n in lab.nodes]
     for name in names:
         if action in ("stop", "restart"):
             lab_agents.stop(st, name)
@@ -229,8 +232,7 @@ def agents(
         try:
             started = engine.start_agents(settings, names)
         except (engine.LabError, proxies.ProxyError, RuntimeError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
+            _fail(e, 1)
         for name, pid in started:
             typer.echo(f"{action}ed agent of {name} (pid {pid})")
 
@@ -243,8 +245,7 @@ def apiserver(
 ) -> None:
     """Stop or start the lab's API server; its objects survive a stop."""
     if action not in ("stop", "start"):
-        typer.echo(f"error: action {action!r}: expected stop or start", err=True)
-        raise typer.Exit(2)
+        _fail(f"action {action!r}: expected stop or start", 2)
     settings = _settings(state_dir, prefix)
     try:
         if action == "stop":
@@ -254,8 +255,7 @@ def apiserver(
             pid = engine.start_apiserver(settings)
             typer.echo(f"API server started (pid {pid})")
     except (engine.LabError, apiserver_proc.ApiServerError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail(e, 1)
 
 
 Target = Annotated[
@@ -268,16 +268,11 @@ Target = Annotated[
 
 
 def _fault_target(settings: engine.Settings, text: str) -> tuple[LabState, Lab, faults.Target]:
-    try:
-        st, lab = engine.load(settings)
-    except engine.LabError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    st, lab = _load(settings)
     try:
         return st, lab, faults.resolve_target(lab, text)
     except faults.FaultError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        _fail(e, 2)
 
 
 @app.command()
@@ -292,8 +287,7 @@ def cut(target: Target, state_dir: StateDir = None, prefix: Prefix = None) -> No
     try:
         fresh = faults.cut(lab, st, tgt)
     except faults.FaultError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail(e, 1)
     if fresh:
         typer.echo(f"cut {tgt} from the cloud ({faults.describe(lab, tgt)})")
     else:
@@ -307,8 +301,7 @@ def heal(target: Target, state_dir: StateDir = None, prefix: Prefix = None) -> N
     try:
         healed = faults.heal(st, tgt)
     except faults.FaultError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail(e, 1)
     typer.echo(f"healed {tgt}" if healed else f"{tgt} was not cut")
 
 
@@ -328,26 +321,14 @@ def restart(
     A process that was not running is started.
     """
     if component not in engine.COMPONENTS:
-        typer.echo(
-            f"error: --component {component!r}: expected {' or '.join(engine.COMPONENTS)}",
-            err=True,
-        )
-        raise typer.Exit(2)
+        _fail(f"--component {component!r}: expected {' or '.join(engine.COMPONENTS)}", 2)
     settings = _settings(state_dir, prefix)
-    try:
-        st, lab = engine.load(settings)
-    except engine.LabError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    if node not in {n.name for n in lab.nodes}:
-        names = ", ".join(n.name for n in lab.nodes)
-        typer.echo(f"error: no such lab node: {node!r} (nodes: {names})", err=True)
-        raise typer.Exit(2)
+    st, lab = _load(settings)
+    _require_nodes(lab, [node])
     try:
         pid, was_running = engine.restart(settings, node, component)
     except (engine.LabError, proxies.ProxyError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail(e, 1)
     verb = "restarted" if was_running else "started (it was not running)"
     typer.echo(f"{verb} {component} of {node} (pid {pid})")
     if component == "agent" and not proxies.running(st, node) and st.info.get("api_node_url"):
