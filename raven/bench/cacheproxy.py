@@ -30,6 +30,7 @@ from typing import Any
 import urllib3
 
 from raven.apiserver.testing import ApiServerHandle, run_apiserver
+from raven.cacheproxy.testing import proxy_argv
 
 
 class BenchError(Exception):
@@ -86,22 +87,7 @@ def run(objects: int = 5000, gets: int = 300) -> dict[str, Any]:
                     sys.executable,
                     "-m",
                     "raven.cacheproxy",
-                    "--upstream",
-                    api.url,
-                    "--ca-cert",
-                    str(api.ca_cert),
-                    "--cache-dir",
-                    str(Path(tmp) / "cache"),
-                    "--port",
-                    "0",
-                    "--tls-cert",
-                    str(api.pki.server_cert),
-                    "--tls-key",
-                    str(api.pki.server_key),
-                    "--probe-interval",
-                    "0.1",
-                    "--healthy-after",
-                    "2",
+                    *proxy_argv(api, Path(tmp) / "cache", "--healthy-after", "2"),
                 ],
                 stdout=subprocess.PIPE,
                 text=True,

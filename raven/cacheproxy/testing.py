@@ -15,11 +15,27 @@ from pathlib import Path
 
 from kubernetes import client as k8s_client
 
+from raven.apiserver.testing import ApiServerHandle
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.server import CacheProxy, ProxyConfig
 
 # Fast thresholds so tests see transitions within a fraction of a second.
 FAST_HEALTH = HealthConfig(interval=0.1, timeout=0.5, fail_threshold=1, success_threshold=2)
+
+
+def proxy_argv(api: ApiServerHandle, cache_dir: Path, *extra: str) -> list[str]:
+    """Arguments (after the program) for a ``raven-cache-proxy`` process in front of ``api``:
+    any free port, TLS with the API server's own pair, a 0.1 s cloud probe."""
+    return [
+        "--upstream", api.url,
+        "--ca-cert", str(api.ca_cert),
+        "--cache-dir", str(cache_dir),
+        "--port", "0",
+        "--tls-cert", str(api.pki.server_cert),
+        "--tls-key", str(api.pki.server_key),
+        "--probe-interval", "0.1",
+        *extra,
+    ]  # fmt: skip
 
 
 class ProxyHandle:

@@ -21,6 +21,7 @@ from kubernetes import client as k8s_client
 
 from raven.apiserver.testing import ApiServerHandle, api_client, run_apiserver
 from raven.cacheproxy.cache import TMP_SUFFIX, Cache
+from raven.cacheproxy.testing import proxy_argv
 
 PROXY = Path(sys.executable).parent / "raven-cache-proxy"
 NODES = 40  # each with a 25 kB annotation: every list is about 1 MB, so a write takes a while
@@ -28,23 +29,7 @@ NODES = 40  # each with a 25 kB annotation: every list is about 1 MB, so a write
 
 def start_proxy(api: ApiServerHandle, cache: Path, log: Path) -> tuple[subprocess.Popen, str]:
     offset = log.stat().st_size if log.exists() else 0
-    argv = [
-        str(PROXY),
-        "--upstream",
-        api.url,
-        "--ca-cert",
-        str(api.ca_cert),
-        "--cache-dir",
-        str(cache),
-        "--port",
-        "0",
-        "--tls-cert",
-        str(api.pki.server_cert),
-        "--tls-key",
-        str(api.pki.server_key),
-        "--probe-interval",
-        "0.1",
-    ]
+    argv = [str(PROXY), *proxy_argv(api, cache)]
     with open(log, "ab") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=f, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
