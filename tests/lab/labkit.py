@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from raven.lab import apiserver_proc
 
 REPO = Path(__file__).resolve().parents[2]
 RAVEN = Path(sys.executable).parent / "raven"
+KUBECTL = "/usr/bin/kubectl"
 
 pytestmark = pytest.mark.root
 
@@ -43,6 +46,26 @@ class LabEnv:
             env={**self.env, **(extra_env or {})},
             timeout=timeout,
         )
+
+    def kubectl(
+        self, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl on the host, straight to the lab's API server."""
+        return subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.state_dir / "kubeconfig"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+
+    def holder(self, pool: str) -> str:
+        """The node holding ``pool``'s gateway Lease; empty when none does or it cannot say."""
+        res = self.kubectl(
+            "get", "lease", f"raven-gw-{pool}", "-n", "kube-system",
+            "-o", "jsonpath={.spec.holderIdentity}",
+        )  # fmt: skip
+        return res.stdout.strip() if res.returncode == 0 else ""
 
     def netns(self) -> list[str]:
         try:
@@ -96,3 +119,32 @@ def up_args() -> list[str]:
     if not apiserver_proc.apiserver_available():
         args.append("--no-apiserver")
     return args
+
+
+def ns_exec(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def must(ns: str, *argv: str) -> str:
+    """Run ``argv`` in ``ns``; its output, or the test fails naming the command."""
+    res = ns_exec(ns, *argv)
+    assert res.returncode == 0, f"{' '.join(argv)} in {ns}: {res.stderr}"
+    return res.stdout
+
+
+def main_table(ns: str) -> str:
+    return ns_exec(ns, "ip", "route", "show", "table", "main").stdout
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.3
+) -> float:
+    """Poll until ``predicate()`` is true; the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

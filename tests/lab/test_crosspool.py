@@ -18,12 +18,11 @@ import pytest
 from raven.lab import engine, matrix
 from raven.lab.topology import Lab
 
-from .labkit import LabEnv, make_env
+from .labkit import LabEnv, main_table, make_env, ns_exec, wait_for
 from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
 
-KUBECTL = "/usr/bin/kubectl"
 
 
 @dataclass
@@ -35,13 +34,7 @@ class Running:
     seconds_to_matrix: float
 
     def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        kubeconfig = self.env.state_dir / "kubeconfig"
-        return subprocess.run(
-            [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        return self.env.kubectl(*args)
 
     def gateways(self) -> dict[str, dict]:
         res = self.kubectl("get", "gateways", "-o", "json")
@@ -55,27 +48,8 @@ class Running:
         return next(p for p in self.lab.pods if p.node == node)
 
 
-def ns_exec(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def main_table(ns: str) -> str:
-    return ns_exec(ns, "ip", "route", "show", "table", "main").stdout
-
-
 def rules(ns: str) -> str:
     return ns_exec(ns, "ip", "rule", "show").stdout
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +285,7 @@ def test_a_killed_wireguard_go_is_restarted_and_traffic_returns(running):
     ).stdout.split()
     assert len(found) == 1, found
     b_pods = [p for p in running.lab.pods if p.pool == "edge-b"]
-    steady = SteadyPing(b_pods[0], b_pods[1]).__enter__()
+    steady = SteadyPing(b_pods[0], b_pods[1]).start()
     subprocess.run(["kill", "-9", found[0]], check=True)
 
     def restarted() -> bool:
@@ -328,7 +302,7 @@ def test_a_killed_wireguard_go_is_restarted_and_traffic_returns(running):
         return all(r.ok for r in matrix.matrix(running.lab, which=into_b, timeout=1))
 
     wait_for(connected, 20, "traffic to and from edge-b after wireguard-go was killed")
-    steady.__exit__(None, None, None)
+    steady.stop()
     steady.assert_lossless()
 
 
@@ -346,7 +320,7 @@ def test_an_api_outage_and_agent_restarts_during_it_leave_the_data_path_alone(ru
     member = next(n.name for n in running.lab.nodes if n.pool == "edge-a" and n.name != gw)
     before = raven_tables(running)
     a_pods = [p for p in running.lab.pods if p.pool == "edge-a"]
-    steady = SteadyPing(a_pods[0], a_pods[1]).__enter__()
+    steady = SteadyPing(a_pods[0], a_pods[1]).start()
     assert env.raven("apiserver", "stop").returncode == 0
     try:
         assert running.kubectl("get", "gw").returncode != 0  # the outage is real
@@ -359,11 +333,11 @@ def test_an_api_outage_and_agent_restarts_during_it_leave_the_data_path_alone(ru
         assert raven_tables(running) == before
         for node in running.lab.nodes:
             assert main_table(node.netns) == running.main_before[node.name]
-        steady.__exit__(None, None, None)
+        steady.stop()
         steady.assert_lossless()
     finally:
         if steady.proc.poll() is None:
-            steady.__exit__(None, None, None)
+            steady.stop()
         started = env.raven("apiserver", "start")
         assert started.returncode == 0, started.stderr
     # Back online, the agents follow the cluster again: the pool has a gateway, all peers up.

@@ -19,12 +19,11 @@ from raven.lab import agents as lab_agents
 from raven.lab import engine, matrix
 from raven.lab.topology import Lab, Node, Pod
 
-from .labkit import LabEnv, make_env
+from .labkit import LabEnv, main_table, make_env, must, ns_exec, wait_for
 from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
 
-KUBECTL = "/usr/bin/kubectl"
 RELAY_PORT = 51820  # the cloud pool's tunnelPort (the Gateway default)
 NAT_PORTS = (40000, 40099)
 
@@ -36,21 +35,10 @@ class Running:
     main_at_start: dict[str, str]
 
     def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        kubeconfig = self.env.state_dir / "kubeconfig"
-        return subprocess.run(
-            [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        return self.env.kubectl(*args)
 
     def holder(self, pool: str) -> str:
-        res = self.kubectl(
-            "get", "lease", f"raven-gw-{pool}", "-n", "kube-system",
-            "-o", "jsonpath={.spec.holderIdentity}",
-        )  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        return res.stdout.strip()
+        return self.env.holder(pool)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.lab.nodes if n.name == name)
@@ -63,32 +51,6 @@ class Running:
             n.name: (lab_agents.agent_dir(self.env.state_dir, n.name) / "agent.pid").read_text()
             for n in self.lab.nodes
         }
-
-
-def ns_exec(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def main_table(ns: str) -> str:
-    return ns_exec(ns, "ip", "route", "show", "table", "main").stdout
-
-
-def must(ns: str, *argv: str) -> str:
-    res = ns_exec(ns, *argv)
-    assert res.returncode == 0, f"{' '.join(argv)} in {ns}: {res.stderr}"
-    return res.stdout
-
-
-def wait_for(predicate, timeout: float, what: str) -> float:
-    """Poll until ``predicate()``; return the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def cross_pool_ok(lab: Lab, src: Pod, pool: str) -> bool:

@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ import pytest
 from raven.lab import engine, matrix
 from raven.lab.topology import Lab, Node, Pod
 
-from .labkit import LabEnv, make_env
+from .labkit import KUBECTL, LabEnv, make_env, ns_exec, wait_for
+from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
 
-KUBECTL = "/usr/bin/kubectl"
 TABLE = "9027"  # Raven's routing table in the lab (the agent's default)
 GHOST_CIDR = "10.244.29.0/24"  # the pod CIDR of a Node added to edge-b while edge-a is cut
 
@@ -44,13 +43,7 @@ class Running:
 
     def kubectl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """kubectl on the host, straight to the API server."""
-        return subprocess.run(
-            [KUBECTL, "--kubeconfig", str(self.env.state_dir / "kubeconfig"), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "HOME": str(self.home)},
-        )
+        return self.env.kubectl(*args, timeout=timeout, env={**os.environ, "HOME": str(self.home)})
 
     def node_kubectl(
         self, node: Node, *args: str, cache: str = "warm", timeout: float = 60
@@ -94,23 +87,8 @@ class Running:
         return res.stdout
 
 
-def ns_exec(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
-    )
-
-
 def raven_table(ns: str) -> str:
     return ns_exec(ns, "ip", "route", "show", "table", TABLE).stdout
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.3) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def proxy_online(running: Running, node: Node) -> bool:
@@ -132,44 +110,6 @@ def api_reachable_from(running: Running, node: Node) -> bool:
         "/readyz",
     )
     return res.returncode == 0
-
-
-class Pinger:
-    """A continuous ping (every 0.1 s) between two pods; counts every request that never got
-    an answer, except the last few still in flight when it is stopped."""
-
-    def __init__(self, src: Pod, dst: Pod, out: Path) -> None:
-        self.out = out
-        with open(out, "w") as f:
-            self.proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    src.netns,
-                    "ping",
-                    "-n",
-                    "-i",
-                    "0.1",
-                    "-W",
-                    "1",
-                    str(dst.ip),
-                ],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> tuple[int, list[int]]:
-        """(answered, the sequence numbers below the last answer that got none)."""
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=10)
-        answered = sorted(
-            {int(s) for s in re.findall(r"icmp_seq=(\d+) ttl=", self.out.read_text())}
-        )
-        if not answered:
-            return 0, []
-        lost = sorted(set(range(answered[0], answered[-1] + 1)) - set(answered))
-        return len(answered), lost
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +215,8 @@ def test_edge_pool_cut_from_the_cloud_keeps_working_from_the_proxy_cache(running
     main_before = ns_exec(node.netns, "ip", "route", "show", "table", "main").stdout
     assert GHOST_CIDR not in table_before and "10.244.21.0/24" in table_before
 
-    pinger = Pinger(running.pod_of(node.name), running.pod_of(other.name), running.home / "ping")
+    pinger = SteadyPing(running.pod_of(node.name), running.pod_of(other.name), interval=0.1)
+    pinger.start()
     healed = False
     try:
         res = env.raven("cut", "edge-a")
@@ -376,7 +317,8 @@ def test_edge_pool_cut_from_the_cloud_keeps_working_from_the_proxy_cache(running
         assert recovered is not None, "cross-pool traffic did not come back after heal"
         print(f"full ping matrix {recovered:.1f}s after the change")
     finally:
-        answered, lost = pinger.stop()
+        pinger.stop()
+        answered, lost = pinger.received, pinger.lost
         if not healed:
             env.raven("heal", "edge-a")
         running.kubectl("delete", "node", "edge-b-9", "--ignore-not-found")

@@ -21,43 +21,17 @@ from raven.lab.topology import Lab, Node
 from raven.model import default_vxlan_dev
 from raven.plan import vxlan_mac
 
-from .labkit import REPO, LabEnv, make_env
+from .labkit import REPO, LabEnv, main_table, make_env, must, ns_exec, wait_for
 from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
 
-KUBECTL = "/usr/bin/kubectl"
 TOPOLOGY = REPO / "netns-lab" / "routed-lan.yaml"
-
-
-def ns_exec(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def must(ns: str, *argv: str) -> str:
-    res = ns_exec(ns, *argv)
-    assert res.returncode == 0, f"{' '.join(argv)} in {ns}: {res.stderr}"
-    return res.stdout
-
-
-def main_table(ns: str) -> str:
-    return must(ns, "ip", "route", "show", "table", "main")
 
 
 def link_names(ns: str) -> list[str]:
     lines = must(ns, "ip", "-o", "link").splitlines()
     return sorted(line.split(":")[1].strip().split("@")[0] for line in lines)
-
-
-def wait_for(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -79,20 +53,10 @@ class Running:
     before: Before
 
     def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        kubeconfig = self.env.state_dir / "kubeconfig"
-        return subprocess.run(
-            [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        return self.env.kubectl(*args)
 
     def holder(self, pool: str) -> str:
-        res = self.kubectl(
-            "get", "lease", f"raven-gw-{pool}", "-n", "kube-system",
-            "-o", "jsonpath={.spec.holderIdentity}",
-        )  # fmt: skip
-        return res.stdout.strip() if res.returncode == 0 else ""
+        return self.env.holder(pool)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.lab.nodes if n.name == name)
