@@ -36,6 +36,7 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check raven agent gateway tests
 	$(VENV)/bin/mypy raven agent gateway
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from raven.bench.cli import app as bench_app
+from raven.lab.bench.cli import app as bench_app
 from raven.lab.cli import app as lab_app
 
 app = typer.Typer(

@@ -1,6 +1,6 @@
 """The lab's embedded API server: PKI, the subprocess in its namespace, readiness, Node objects.
 
-The server itself is ``python -m raven.apiserver`` (built separately); this module only runs it,
+The server itself is ``python -m raven.lab.apiserver`` (built separately); this module only runs it,
 waits for ``/readyz`` and registers one Node per lab node with the official ``kubernetes`` client.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from raven.apiserver.pki import Pki, make_pki
+from raven.lab.apiserver.pki import Pki, make_pki
 from raven.lab.netns import in_netns
 from raven.lab.topology import Lab, Node
 
@@ -31,16 +31,16 @@ class ApiServerError(RuntimeError):
 
 
 def _command() -> list[str]:
-    # RAVEN_LAB_APISERVER_CMD replaces `python -m raven.apiserver` (to try another build of it);
+    # RAVEN_LAB_APISERVER_CMD replaces `python -m raven.lab.apiserver` (to try another build of it);
     # the contract's arguments are appended either way.
     override = os.environ.get("RAVEN_LAB_APISERVER_CMD")
-    return shlex.split(override) if override else [sys.executable, "-m", "raven.apiserver"]
+    return shlex.split(override) if override else [sys.executable, "-m", "raven.lab.apiserver"]
 
 
 def apiserver_available() -> bool:
     if os.environ.get("RAVEN_LAB_APISERVER_CMD"):
         return True
-    return importlib.util.find_spec("raven.apiserver.__main__") is not None
+    return importlib.util.find_spec("raven.lab.apiserver.__main__") is not None
 
 
 def make_lab_pki(

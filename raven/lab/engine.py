@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raven.apiserver.kubeconfig import write_kubeconfig
-from raven.apiserver.pki import Pki
 from raven.lab import agents as lab_agents
 from raven.lab import apiserver_proc, faults, netns, proxies
+from raven.lab.apiserver.kubeconfig import write_kubeconfig
+from raven.lab.apiserver.pki import Pki
 from raven.lab.state import LabState, proc_start_time, stop_processes
 from raven.lab.topology import (
     API_PORT_IF,
@@ -146,7 +146,7 @@ def up(
             "lab without them."
         )
     if apiserver and not apiserver_proc.apiserver_available():
-        raise LabError("the lab API server (python -m raven.apiserver) is not installed")
+        raise LabError("the lab API server (python -m raven.lab.apiserver) is not installed")
     state_dir = settings.state_dir
     if LabState.load(state_dir) is not None:
         raise LabError(f"a lab is already up (state in {state_dir}); run `raven lab down` first")

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from raven.apiserver.kubeconfig import write_kubeconfig
-from raven.apiserver.pki import Pki
 from raven.lab import netns
+from raven.lab.apiserver.kubeconfig import write_kubeconfig
+from raven.lab.apiserver.pki import Pki
 from raven.lab.state import LabState
 from raven.lab.topology import Lab, Node
 

@@ -195,7 +195,7 @@ def test_up_twice_refuses_and_changes_nothing(lab):
 def test_kubectl_lists_nine_ready_nodes_with_pool_labels(lab):
     env, _, st = lab
     if not apiserver_proc.apiserver_available():
-        pytest.fail("the lab API server (raven.apiserver.__main__) does not exist yet")
+        pytest.fail("the lab API server (raven.lab.apiserver.__main__) does not exist yet")
     kubeconfig = st["kubeconfig"]
     assert kubeconfig == str(env.state_dir / "kubeconfig")
     out = subprocess.run(
@@ -227,7 +227,7 @@ def test_kubectl_lists_nine_ready_nodes_with_pool_labels(lab):
 def test_edge_node_reaches_the_api_server_through_nat(lab):
     env, _, st = lab
     if not apiserver_proc.apiserver_available():
-        pytest.fail("the lab API server (raven.apiserver.__main__) does not exist yet")
+        pytest.fail("the lab API server (raven.lab.apiserver.__main__) does not exist yet")
     node_kcfg = Path(st["kubeconfig"]).with_name("nodes.kubeconfig")
     out = subprocess.run(
         [
@@ -255,7 +255,7 @@ def test_edge_node_reaches_the_api_server_through_nat(lab):
 def test_gateway_crd_is_installed_and_the_relay_pool_marked(lab):
     _, _, st = lab
     if not apiserver_proc.apiserver_available():
-        pytest.fail("the lab API server (raven.apiserver.__main__) does not exist yet")
+        pytest.fail("the lab API server (raven.lab.apiserver.__main__) does not exist yet")
     out = subprocess.run(
         ["kubectl", "--kubeconfig", st["kubeconfig"], "get", "gw", "-o", "json"],
         capture_output=True, text=True, timeout=30,

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from raven.kube import KubeClient
-from raven.kube.testing import client_for_kubeconfig
+from raven.lab.testing.kube import client_for_kubeconfig
 
 
 @pytest.fixture
 def apiserver(tmp_path: Path) -> Iterator[Any]:
     """A fresh embedded API server with its own state dir."""
-    from raven.apiserver.testing import run_apiserver  # only the tests that need a server
+    from raven.lab.testing.apiserver import run_apiserver  # only the tests that need a server
 
     with run_apiserver(tmp_path / "api") as handle:
         yield handle

@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from raven.apiserver.testing import api_client, run_apiserver
+from raven.lab.testing.apiserver import api_client, run_apiserver
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "deploy" / "crds" / "gateways.raven.io.yaml"
 GW = ("raven.io", "v1alpha1", "gateways")

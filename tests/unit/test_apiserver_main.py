@@ -1,4 +1,5 @@
-"""``python -m raven.apiserver`` as the lab runs it: a subprocess that stops cleanly on SIGTERM."""
+"""``python -m raven.lab.apiserver`` as the lab runs it: a subprocess that stops cleanly on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from raven.apiserver.pki import make_pki
+from raven.lab.apiserver.pki import make_pki
 
 
 def _free_port() -> int:
@@ -29,7 +30,7 @@ def _start(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "raven.apiserver",
+            "raven.lab.apiserver",
             "--state-dir",
             str(tmp_path / "state"),
             "--listen",
@@ -123,6 +124,9 @@ def test_bad_arguments_are_named(tmp_path, args, message):
         base[flag] = value
     argv = [x for kv in base.items() for x in kv]
     r = subprocess.run(
-        [sys.executable, "-m", "raven.apiserver", *argv], capture_output=True, text=True, timeout=20
+        [sys.executable, "-m", "raven.lab.apiserver", *argv],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert r.returncode == 2 and message in r.stderr

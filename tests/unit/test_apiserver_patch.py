@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raven.apiserver.patch import (
+from raven.lab.apiserver.patch import (
     PatchError,
     apply_patch,
     json_patch,

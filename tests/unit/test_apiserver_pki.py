@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from raven.apiserver.pki import make_pki
+from raven.lab.apiserver.pki import make_pki
 
 
 def test_extra_certificate_is_signed_by_the_lab_ca_for_its_hosts_with_a_private_key(tmp_path):

@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 
-from raven.apiserver import errors
-from raven.apiserver.api import Api
-from raven.apiserver.resources import BUILTINS
-from raven.apiserver.store import Store, TooOld
+from raven.lab.apiserver import errors
+from raven.lab.apiserver.api import Api
+from raven.lab.apiserver.resources import BUILTINS
+from raven.lab.apiserver.store import Store, TooOld
 
 NODES = next(t for t in BUILTINS if t.plural == "nodes")
 LEASES = next(t for t in BUILTINS if t.plural == "leases")
@@ -200,7 +200,7 @@ def test_deleting_a_namespace_deletes_its_objects():
 
 
 def test_one_server_per_state_directory(tmp_path):
-    from raven.apiserver.store import StateInUse
+    from raven.lab.apiserver.store import StateInUse
 
     first = Store(tmp_path / "db")
     with pytest.raises(StateInUse, match="in use by another API server"):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from raven.bench.cacheproxy import BenchError, run
+from raven.lab.bench.cacheproxy import BenchError, run
 
 
 def test_bench_small_run_reports_figures() -> None:

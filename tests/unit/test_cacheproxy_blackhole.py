@@ -16,12 +16,12 @@ from pathlib import Path
 
 from kubernetes import client as k8s_client
 
-from raven.apiserver.kubeconfig import write_kubeconfig
-from raven.apiserver.testing import api_client, run_apiserver
-from raven.cacheproxy.testing import run_proxy
 from raven.kube import NODES
 from raven.kube.informer import Informer
-from raven.kube.testing import client_for_kubeconfig, wait_until
+from raven.lab.apiserver.kubeconfig import write_kubeconfig
+from raven.lab.testing.apiserver import api_client, run_apiserver
+from raven.lab.testing.cacheproxy import run_proxy
+from raven.lab.testing.kube import client_for_kubeconfig, wait_until
 
 
 class BlackHoleRelay:

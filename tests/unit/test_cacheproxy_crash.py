@@ -19,9 +19,9 @@ from pathlib import Path
 
 from kubernetes import client as k8s_client
 
-from raven.apiserver.testing import ApiServerHandle, api_client, run_apiserver
 from raven.cacheproxy.cache import TMP_SUFFIX, Cache
-from raven.cacheproxy.testing import proxy_argv
+from raven.lab.testing.apiserver import ApiServerHandle, api_client, run_apiserver
+from raven.lab.testing.cacheproxy import proxy_argv
 
 PROXY = Path(sys.executable).parent / "raven-cache-proxy"
 NODES = 40  # each with a 25 kB annotation: every list is about 1 MB, so a write takes a while

@@ -13,9 +13,9 @@ import pytest
 from kubernetes import client as k8s_client
 from kubernetes import watch as k8s_watch
 
-from raven.apiserver.kubeconfig import write_kubeconfig
-from raven.apiserver.testing import ApiServerHandle, api_client, run_apiserver
-from raven.cacheproxy.testing import ProxyHandle, proxy_client, run_proxy
+from raven.lab.apiserver.kubeconfig import write_kubeconfig
+from raven.lab.testing.apiserver import ApiServerHandle, api_client, run_apiserver
+from raven.lab.testing.cacheproxy import ProxyHandle, proxy_client, run_proxy
 
 
 @pytest.fixture

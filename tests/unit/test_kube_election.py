@@ -16,7 +16,7 @@ from raven.kube import KubeClient, leases
 from raven.kube.election import LeaseElector, LeaseTimings
 from raven.kube.errors import NotFound
 from raven.kube.informer import Informer
-from raven.kube.testing import client_for_kubeconfig, wait_until
+from raven.lab.testing.kube import client_for_kubeconfig, wait_until
 
 # A hung server must fail one test fast, not stall the suite.
 pytestmark = pytest.mark.timeout(60)

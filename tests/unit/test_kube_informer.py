@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from raven.apiserver.testing import run_apiserver
 from raven.kube import GATEWAYS, NODES, KubeClient, leases
 from raven.kube.errors import TransientError
 from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.informer import Backoff, Informer
-from raven.kube.testing import client_for_kubeconfig, install_crds, wait_until
+from raven.lab.testing.apiserver import run_apiserver
+from raven.lab.testing.kube import client_for_kubeconfig, install_crds, wait_until
 
 # A hung server must fail one test fast, not stall the suite.
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ from raven.kube import GATEWAYS, NODES, KubeClient
 from raven.kube.errors import NotFound
 from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.nodes import PUBLIC_KEY, TUNNEL_ENDPOINT, publish_tunnel_identity
-from raven.kube.testing import client_for_kubeconfig, install_crds
+from raven.lab.testing.kube import client_for_kubeconfig, install_crds
 
 # A hung server must fail one test fast, not stall the suite.
 pytestmark = pytest.mark.timeout(60)

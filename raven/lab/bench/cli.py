@@ -27,7 +27,7 @@ def _run(module: str, output: str, **kwargs: Any) -> None:
     if output not in ("text", "json"):
         typer.echo(f"error: -o {output!r}: expected 'text' or 'json'", err=True)
         raise typer.Exit(2)
-    bench = importlib.import_module(f"raven.bench.{module}")
+    bench = importlib.import_module(f"raven.lab.bench.{module}")
     try:
         figures = bench.run(**kwargs)
     except bench.BenchError as e:

@@ -11,18 +11,18 @@ import base64
 import json
 from typing import Any
 
-from raven.apiserver import errors
-from raven.apiserver.patch import STRATEGIC, PatchError, apply_patch
-from raven.apiserver.resources import CRD_TYPE, NAMESPACE_TYPE, Registry, ResourceType
-from raven.apiserver.selectors import (
+from raven.lab.apiserver import errors
+from raven.lab.apiserver.patch import STRATEGIC, PatchError, apply_patch
+from raven.lab.apiserver.resources import CRD_TYPE, NAMESPACE_TYPE, Registry, ResourceType
+from raven.lab.apiserver.selectors import (
     SelectorError,
     object_matcher,
     parse_field_selector,
     parse_label_selector,
 )
-from raven.apiserver.store import Store, TooOld
-from raven.apiserver.strategy import now_rfc3339, prepare_create, prepare_update
-from raven.apiserver.watch import WatchStream
+from raven.lab.apiserver.store import Store, TooOld
+from raven.lab.apiserver.strategy import now_rfc3339, prepare_create, prepare_update
+from raven.lab.apiserver.watch import WatchStream
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from raven.apiserver.resources import ResourceType
+from raven.lab.apiserver.resources import ResourceType
 
 Problems = list[tuple[str, str]]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from kubernetes import client as k8s_client
 
-from raven.apiserver.kubeconfig import write_kubeconfig
-from raven.apiserver.pki import Pki, make_pki
-from raven.apiserver.server import ApiServer, ServerConfig
+from raven.lab.apiserver.kubeconfig import write_kubeconfig
+from raven.lab.apiserver.pki import Pki, make_pki
+from raven.lab.apiserver.server import ApiServer, ServerConfig
 
 
 @dataclass

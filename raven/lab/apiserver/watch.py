@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
-from raven.apiserver.store import Event, Store
+from raven.lab.apiserver.store import Event, Store
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 WatchEvent = tuple[str, dict[str, Any]]
@@ -34,7 +34,7 @@ class WatchStream:
     ) -> None:
         """``since=None`` sends the current objects first; otherwise events after ``since``.
 
-        Raises :class:`raven.apiserver.store.TooOld` when ``since`` is older than the history.
+        Raises :class:`raven.lab.apiserver.store.TooOld` when ``since`` is older than the history.
         ``bookmark`` builds a BOOKMARK object for a version (None: no bookmarks).
         """
         self._store = store

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from raven.apiserver.resources import ResourceType
+from raven.lab.apiserver.resources import ResourceType
 
 _NAME_COLUMN = {
     "name": "Name",

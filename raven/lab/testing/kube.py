@@ -16,7 +16,7 @@ from raven.kube.resources import Resource
 CRDS = Resource(
     "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition"
 )
-CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+CRD_DIR = Path(__file__).resolve().parents[3] / "deploy" / "crds"
 
 
 def client_for_kubeconfig(

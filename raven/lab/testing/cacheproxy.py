@@ -15,9 +15,9 @@ from pathlib import Path
 
 from kubernetes import client as k8s_client
 
-from raven.apiserver.testing import ApiServerHandle
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.server import CacheProxy, ProxyConfig
+from raven.lab.testing.apiserver import ApiServerHandle
 
 # Fast thresholds so tests see transitions within a fraction of a second.
 FAST_HEALTH = HealthConfig(interval=0.1, timeout=0.5, fail_threshold=1, success_threshold=2)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from raven.apiserver.resources import Registry, ResourceType
+from raven.lab.apiserver.resources import Registry, ResourceType
 
 _QUERY = ("dryRun", "fieldManager", "fieldValidation", "force")
 

@@ -1,6 +1,6 @@
-"""``python -m raven.apiserver``: run the lab's API server until SIGTERM or SIGINT.
+"""``python -m raven.lab.apiserver``: run the lab's API server until SIGTERM or SIGINT.
 
-    python -m raven.apiserver --state-dir DIR --listen HOST:PORT --cert FILE --key FILE \
+    python -m raven.lab.apiserver --state-dir DIR --listen HOST:PORT --cert FILE --key FILE \
         --token-file FILE [--history N] [--log-level debug]
 
 One log line per request at debug level; quiet (warnings only) by default.
@@ -15,8 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
-from raven.apiserver.server import ApiServer, ServerConfig
-from raven.apiserver.store import StateInUse
+from raven.lab.apiserver.server import ApiServer, ServerConfig
+from raven.lab.apiserver.store import StateInUse
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -28,7 +28,7 @@ def _listen(value: str) -> tuple[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m raven.apiserver", description=__doc__.split("\n")[0]
+        prog="python -m raven.lab.apiserver", description=__doc__.split("\n")[0]
     )
     p.add_argument("--state-dir", type=Path, required=True, help="where the object store lives")
     p.add_argument("--listen", type=_listen, required=True, help="HOST:PORT to serve HTTPS on")
@@ -82,14 +82,17 @@ def main(argv: list[str] | None = None) -> int:
         (args.token_file, "--token-file"),
     ):
         if not path.is_file():
-            print(f"raven.apiserver: {what} {path} does not exist", file=sys.stderr)
+            print(f"raven.lab.apiserver: {what} {path} does not exist", file=sys.stderr)
             return 2
     token = args.token_file.read_text().strip()
     if not token:
-        print(f"raven.apiserver: --token-file {args.token_file} is empty", file=sys.stderr)
+        print(f"raven.lab.apiserver: --token-file {args.token_file} is empty", file=sys.stderr)
         return 2
     if args.history < 1:
-        print(f"raven.apiserver: --history must be at least 1, got {args.history}", file=sys.stderr)
+        print(
+            f"raven.lab.apiserver: --history must be at least 1, got {args.history}",
+            file=sys.stderr,
+        )
         return 2
     host, port = args.listen
     config = ServerConfig(
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(_run(config))
     except StateInUse as e:
-        print(f"raven.apiserver: {e}", file=sys.stderr)
+        print(f"raven.lab.apiserver: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,7 +2,7 @@
 
 Paths follow kube-apiserver: ``/api/v1/...`` for the core group, ``/apis/<group>/<version>/...``
 for the others, ``namespaces/<ns>/<plural>`` for namespaced kinds, ``/<name>/status`` for the
-status subresource. All verbs are handled by :class:`raven.apiserver.api.Api`; this module only
+status subresource. All verbs are handled by :class:`raven.lab.apiserver.api.Api`; this module only
 translates HTTP to those calls and errors to ``Status`` bodies.
 """
 
@@ -22,14 +22,14 @@ from typing import Any, cast
 import yaml
 from aiohttp import web
 
-from raven.apiserver import discovery, errors, openapi, protobuf
-from raven.apiserver.api import Api
-from raven.apiserver.resources import ResourceType
-from raven.apiserver.store import Store
-from raven.apiserver.table import to_table
-from raven.apiserver.watch import WatchStream
+from raven.lab.apiserver import discovery, errors, openapi, protobuf
+from raven.lab.apiserver.api import Api
+from raven.lab.apiserver.resources import ResourceType
+from raven.lab.apiserver.store import Store
+from raven.lab.apiserver.table import to_table
+from raven.lab.apiserver.watch import WatchStream
 
-log = logging.getLogger("raven.apiserver")
+log = logging.getLogger("raven.lab.apiserver")
 
 HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
 # kube-apiserver ends watches after a random 30-60 minutes when the client gives no timeout.

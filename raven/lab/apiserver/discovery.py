@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raven.apiserver.resources import VERBS, Registry, ResourceType
+from raven.lab.apiserver.resources import VERBS, Registry, ResourceType
 
 VERSION_INFO = {
     "major": "1",

@@ -15,10 +15,10 @@ import secrets
 import uuid
 from typing import Any
 
-from raven.apiserver import errors
-from raven.apiserver.resources import ResourceType
-from raven.apiserver.schema import prune, schema_problems
-from raven.apiserver.validation import crd_problems, metadata_problems
+from raven.lab.apiserver import errors
+from raven.lab.apiserver.resources import ResourceType
+from raven.lab.apiserver.schema import prune, schema_problems
+from raven.lab.apiserver.validation import crd_problems, metadata_problems
 
 # Metadata the server owns: requests cannot set or change it.
 _SERVER_OWNED = ("uid", "creationTimestamp", "generation", "resourceVersion", "selfLink")

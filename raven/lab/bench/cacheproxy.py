@@ -29,8 +29,8 @@ from typing import Any
 
 import urllib3
 
-from raven.apiserver.testing import ApiServerHandle, run_apiserver
-from raven.cacheproxy.testing import proxy_argv
+from raven.lab.testing.apiserver import ApiServerHandle, run_apiserver
+from raven.lab.testing.cacheproxy import proxy_argv
 
 
 class BenchError(Exception):
