@@ -14,6 +14,7 @@ from raven.model import (
     DEFAULT_VXLAN_VNI,
     default_vxlan_dev,
 )
+from raven.names import DEFAULT_LEASE_NAMESPACE, POOL_LABEL
 
 
 class AgentSettings(BaseSettings):
@@ -37,7 +38,7 @@ class AgentSettings(BaseSettings):
         description="WireGuard device name; must be unique on the host with wireguard-go",
     )
     pool_label: str = Field(
-        default="apps.openyurt.io/nodepool", description="Node label naming the pool"
+        default=POOL_LABEL, description="Node label naming the pool"
     )
     vxlan_interface: str | None = Field(
         default=None,
@@ -67,7 +68,7 @@ class AgentSettings(BaseSettings):
         description="Priority of Raven's one policy rule",
     )
     lease_namespace: str = Field(
-        default="kube-system", description="Namespace of the per-pool Leases"
+        default=DEFAULT_LEASE_NAMESPACE, description="Namespace of the per-pool Leases"
     )
     lease_duration: float = Field(
         default=2.0,

@@ -17,7 +17,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-PROBE_ANNOTATION = "raven.io/probe-address"
 #: Seconds between probe rounds, and how many rounds the loss figure covers.
 PROBE_INTERVAL = 2.0
 WINDOW = 10

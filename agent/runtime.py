@@ -23,7 +23,7 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.dataplane import DataPlane
 from agent.events import EventRecorder
-from agent.probe import PROBE_ANNOTATION, PROBE_INTERVAL, Prober, local_probe_address
+from agent.probe import PROBE_INTERVAL, Prober, local_probe_address
 from gateway import keys
 from raven.aio import cancel_and_wait
 from raven.gatewayspec import selector_matches
@@ -33,10 +33,10 @@ from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.informer import Informer
 from raven.kube.nodes import publish_node_annotations, publish_tunnel_identity
 from raven.model import DesiredState, Role
+from raven.names import PROBE_ANNOTATION, PUBLIC_KEY_ANNOTATION, lease_name, pool_of_lease
 from raven.netlink.monitor import KernelWatch
 from raven.plan import analyse, plan, pool_status
 from raven.view import (
-    PUBLIC_KEY_ANNOTATION,
     ClusterView,
     NodeView,
     cluster_view,
@@ -46,22 +46,13 @@ from raven.view import (
 
 log = logging.getLogger("raven.agent")
 
-LEASE_PREFIX = "raven-gw-"
 #: Conditions that say the pool's own input was refused; each gets one Warning Event.
 REFUSAL_CONDITIONS = ("SpecValid", "SubnetsAccepted")
 
 
-def lease_name(pool: str) -> str:
-    return f"{LEASE_PREFIX}{pool}"
-
-
 def leases_by_pool(objs: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Lease name -> object, narrowed to Raven's per-pool Leases and keyed by pool."""
-    return {
-        name[len(LEASE_PREFIX) :]: obj
-        for name, obj in objs.items()
-        if name.startswith(LEASE_PREFIX) and len(name) > len(LEASE_PREFIX)
-    }
+    return {pool: obj for name, obj in objs.items() if (pool := pool_of_lease(name)) is not None}
 
 
 def sticky_holders(

@@ -22,12 +22,7 @@ from raven.model import (
     DEFAULT_VXLAN_VNI,
     default_vxlan_dev,
 )
-
-#: Node label that puts a node in a pool (configurable; this is OpenYurt's).
-POOL_LABEL = "apps.openyurt.io/nodepool"
-#: Node annotations the agent writes before any election, so a failover never waits for a key.
-PUBLIC_KEY_ANNOTATION = "raven.io/public-key"
-TUNNEL_ENDPOINT_ANNOTATION = "raven.io/tunnel-endpoint"
+from raven.names import POOL_LABEL, PUBLIC_KEY_ANNOTATION, TUNNEL_ENDPOINT_ANNOTATION
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from raven import names
 from raven.aio import cancel_and_wait
 from raven.kube.client import JSON, KubeClient
 from raven.kube.errors import Conflict, KubeError, NotFound, TransientError
 from raven.kube.notify import Generation
 from raven.kube.resources import Resource, leases
+from raven.names import DEFAULT_LEASE_NAMESPACE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,7 +143,7 @@ class LeaseElector:
         identity: str,
         *,
         healthy: Callable[[], bool] = lambda: True,
-        namespace: str = "kube-system",
+        namespace: str = DEFAULT_LEASE_NAMESPACE,
         lease_name: str | None = None,
         timings: LeaseTimings | None = None,
         watched: Callable[[], tuple[bool, JSON | None]] | None = None,
@@ -155,7 +157,7 @@ class LeaseElector:
         self.identity = identity
         self.healthy = healthy
         self.resource: Resource = leases(namespace)
-        self.lease_name = lease_name or f"raven-gw-{pool}"
+        self.lease_name = lease_name or names.lease_name(pool)
         self.timings = timings or LeaseTimings()
         # (known, lease) as a watch of the Lease sees it, e.g. an informer's cache: while it is
         # known, a non-holder reads that instead of asking the API server every retry.
@@ -366,7 +368,7 @@ class LeaseElector:
             "metadata": {
                 "name": self.lease_name,
                 "namespace": self.resource.namespace,
-                "labels": {"raven.io/pool": self.pool},
+                "labels": {names.LEASE_POOL_LABEL: self.pool},
             },
             "spec": {
                 "holderIdentity": self.identity,

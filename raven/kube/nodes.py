@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from raven.kube.client import KubeClient
 from raven.kube.resources import NODES
 from raven.kube.retry import retry_transient
-
-PUBLIC_KEY = "raven.io/public-key"
-TUNNEL_ENDPOINT = "raven.io/tunnel-endpoint"
+from raven.names import PUBLIC_KEY_ANNOTATION as PUBLIC_KEY
+from raven.names import TUNNEL_ENDPOINT_ANNOTATION as TUNNEL_ENDPOINT
 
 
 async def publish_node_annotations(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raven.names import DEFAULT_LEASE_NAMESPACE
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -40,7 +42,7 @@ NODES = Resource("", "v1", "nodes", "Node")
 GATEWAYS = Resource("raven.io", "v1alpha1", "gateways", "Gateway")
 
 
-def leases(namespace: str = "kube-system") -> Resource:
+def leases(namespace: str = DEFAULT_LEASE_NAMESPACE) -> Resource:
     """coordination.k8s.io/v1 Leases in ``namespace``."""
     if not namespace:
         raise ValueError("lease namespace must not be empty")

@@ -23,8 +23,9 @@ from raven.model import (
     default_vxlan_dev,
 )
 from raven.mtu import route_mtu, tunnel_mtu, vxlan_mtu
+from raven.names import POOL_LABEL, PUBLIC_KEY_ANNOTATION
 from raven.plan import plan, vxlan_mac
-from raven.view import POOL_LABEL, PUBLIC_KEY_ANNOTATION, ClusterView, Identity, cluster_view
+from raven.view import ClusterView, Identity, cluster_view
 
 C1, C2 = "10.244.1.0/24", "10.244.2.0/24"
 A1, A2, A3 = "10.244.11.0/24", "10.244.12.0/24", "10.244.13.0/24"

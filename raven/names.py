@@ -1,0 +1,35 @@
+"""Every Kubernetes name Raven reads or writes, spelled once: labels, annotations, Lease naming.
+
+Other modules import these instead of writing the strings again, so a rename is one edit and a
+reader finds every name Raven puts into a cluster on this page.
+"""
+
+from __future__ import annotations
+
+#: Node label that puts a node in a pool (OpenYurt's; the agent's ``pool_label`` setting can
+#: name another).
+POOL_LABEL = "apps.openyurt.io/nodepool"
+
+#: Node annotations the agent writes before any election, so a failover never waits for them.
+PUBLIC_KEY_ANNOTATION = "raven.io/public-key"  # WireGuard public key, base64 of 32 bytes
+TUNNEL_ENDPOINT_ANNOTATION = "raven.io/tunnel-endpoint"  # host:port, when the node has one
+PROBE_ANNOTATION = "raven.io/probe-address"  # an address inside the node's pod CIDRs
+
+#: One coordination.k8s.io/v1 Lease per pool records its gateway: ``raven-gw-<pool>`` in the
+#: agent's ``lease_namespace``, labelled with the pool so a node can watch only the pools it
+#: needs.
+LEASE_PREFIX = "raven-gw-"
+LEASE_POOL_LABEL = "raven.io/pool"
+DEFAULT_LEASE_NAMESPACE = "kube-system"
+
+
+def lease_name(pool: str) -> str:
+    """The name of ``pool``'s Lease."""
+    return f"{LEASE_PREFIX}{pool}"
+
+
+def pool_of_lease(name: str) -> str | None:
+    """The pool a Lease name belongs to, or None when it is not one of Raven's."""
+    if name.startswith(LEASE_PREFIX) and len(name) > len(LEASE_PREFIX):
+        return name[len(LEASE_PREFIX) :]
+    return None
