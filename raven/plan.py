@@ -141,7 +141,7 @@ def analyse(view: ClusterView) -> Analysis:
             problems.append(
                 Problem("Node", gateway.name, KEY_FIELD, "NoPublicKey",
                         f"gateway of pool {name} has no valid public key published; {whom}",
-                        tuple(sorted({*audience(name), *([relay] if relay else [])})))
+                        audience(name))
             )  # fmt: skip
         if gateway is not None and gateway.internal_ip is None:
             problems.append(
@@ -255,9 +255,10 @@ def _protected(
                 if hit is None:
                     continue
                 refused.add(cidr)
+                what = hit.network_address if hit.prefixlen == hit.max_prefixlen else hit
                 problems.append(
                     Problem("Node", node.name, "spec.podCIDRs", "PodCIDRProtected",
-                            f"{cidr} overlaps {hit}, which node {me.node_name} must keep"
+                            f"{cidr} overlaps {what}, which node {me.node_name} must keep"
                             f" reaching (its underlay or the API server); {me.node_name} does"
                             f" not route it", tuple(sorted({other.name, pool.name})))
                 )  # fmt: skip

@@ -393,7 +393,7 @@ def test_missing_public_key_leaves_the_peer_out_with_a_problem() -> None:
     edge_problem = Problem(
         "Node", "b1", KEY_FIELD, "NoPublicKey",
         "gateway of pool edge-b has no valid public key published; the relay leaves its peer out",
-        ("cloud", "edge-b"),
+        ("edge-b",),
     )  # fmt: skip
     relay_problem = Problem(
         "Node", "c1", KEY_FIELD, "NoPublicKey",
@@ -428,7 +428,7 @@ def test_invalid_key_annotation_counts_as_missing_and_is_named() -> None:
             "Node", "b1", KEY_FIELD, "NoPublicKey",
             "gateway of pool edge-b has no valid public key published; the relay leaves its"
             " peer out",
-            ("cloud", "edge-b"),
+            ("edge-b",),
         ),
     )  # fmt: skip
     assert plan(cluster, me("c1")).peers == tuple(sorted((*RELAY_A, *standby("b2"))))
