@@ -35,6 +35,10 @@ SPECIAL_RANGES: tuple[tuple[IPNetwork, str], ...] = (
     (ipaddress.ip_network("ff00::/8"), "multicast"),
 )  # fmt: skip
 
+_SPECIAL_INTS = tuple(
+    (net.version, int(net.network_address), int(net.broadcast_address), net, what)
+    for net, what in SPECIAL_RANGES
+)
 _PORT = re.compile(r"[1-9][0-9]{0,4}")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
@@ -181,7 +185,8 @@ def parse_pod_cidr(value: object) -> IPNetwork:
         raise AddressError(
             f"{net} is too wide for one node's pods (the prefix must be /{minimum} or longer)"
         )
-    for special, what in SPECIAL_RANGES:
-        if special.version == net.version and special.overlaps(net):
+    start, end = int(net.network_address), int(net.broadcast_address)
+    for version, low, high, special, what in _SPECIAL_INTS:
+        if version == net.version and start <= high and low <= end:
             raise AddressError(f"{net} overlaps {special}, {what}")
     return net

@@ -109,21 +109,27 @@ def items(values: object) -> list[Any]:
 
 @dataclass
 class _Draft:
-    """A Node being read: the view so far, plus what the checks between objects need."""
+    """A Node being read: its fields so far, plus what the checks between Nodes need. The
+    frozen NodeView is made once, at the end (:func:`_finish`)."""
 
-    view: NodeView
+    name: str
     created: tuple[int, float]
-    addresses: list[tuple[str, IPAddress]]  # (field, InternalIP), valid ones, in order
-    cidrs: list[tuple[str, IPNetwork]]  # (field, pod CIDR), accepted so far
-    problems: list[Problem]
-    probe: tuple[str, IPAddress] | None  # (field, probe address) to check against pod_cidrs
-    old_probe: str | None = None  # the probe address last accepted, to keep if this one fails
+    pool: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    addresses: list[tuple[str, IPAddress]] = field(default_factory=list)  # (field, InternalIP)
+    cidrs: list[tuple[str, IPNetwork]] = field(default_factory=list)  # (field, pod CIDR)
     clashing: list[IPNetwork] = field(default_factory=list)  # pod CIDRs refused for a clash
+    public_key: str | None = None
+    tunnel_endpoint: str | None = None
+    probe: tuple[str, IPAddress] | None = None  # (field, address) to check against the CIDRs
+    probe_address: str | None = None  # the probe address accepted
+    old_probe: str | None = None  # the probe address last accepted, to keep if this one fails
+    ready: bool = False
+    problems: list[Problem] = field(default_factory=list)
 
     def refuse(self, field: str, reason: str, message: str, *pools: str | None) -> None:
-        own = self.view.pool
-        names = tuple(sorted({p for p in (own, *pools) if p}))
-        self.problems.append(Problem("Node", self.view.name, field, reason, message, names))
+        names = tuple(sorted({p for p in (self.pool, *pools) if p}))
+        self.problems.append(Problem("Node", self.name, field, reason, message, names))
 
 
 def _ann(key: str) -> str:
@@ -149,41 +155,33 @@ def _read_node(
         return None, [Problem("Node", "", "metadata.name", "InvalidName", message)]
     assert isinstance(name, str)
     old = previous.get(name)
-    draft = _Draft(NodeView(name=name), creation_order(meta), [], [], [], None)
-    view = draft.view
+    draft = _Draft(name, creation_order(meta))
 
-    labels: dict[str, str] = {}
     raw_labels = meta.get("labels")
     if raw_labels is not None and not isinstance(raw_labels, Mapping):
         draft.refuse("metadata.labels", "InvalidLabels", f"not an object, got {short(raw_labels)}")
-    for key, value in as_mapping(raw_labels).items():
-        if isinstance(key, str) and isinstance(value, str):
-            labels[key] = value
-    pool: str | None = None
-    raw_pool = as_mapping(raw_labels).get(pool_label)
+    labels = as_mapping(raw_labels)
+    draft.labels = {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
+    raw_pool = labels.get(pool_label)
     if raw_pool is not None and raw_pool != "":
         if valid_name(raw_pool, limit=63):
-            pool = str(raw_pool)
+            draft.pool = str(raw_pool)
         else:
-            pool = old.pool if old is not None else None
+            draft.pool = old.pool if old is not None else None
             draft.refuse(
                 f"metadata.labels[{pool_label}]",
                 "InvalidPoolLabel",
                 f"not a valid pool name (a lower-case DNS name of at most 63 characters), got"
-                f" {short(raw_pool)}; " + (f"keeping pool {pool}" if pool else "in no pool"),
+                f" {short(raw_pool)}; "
+                + (f"keeping pool {draft.pool}" if draft.pool else "in no pool"),
             )
-    view = dataclasses.replace(view, labels=labels, pool=pool)
-    draft.view = view
 
     status = as_mapping(obj.get("status"))
-    view = dataclasses.replace(
-        view, internal_ip=_read_addresses(draft, status.get("addresses"), old)
-    )
-    ready = any(
+    _read_addresses(draft, status.get("addresses"), old)
+    draft.ready = any(
         isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
         for c in as_list(status.get("conditions"))
     )
-    draft.view = dataclasses.replace(view, ready=ready)
     _read_pod_cidrs(draft, as_mapping(obj.get("spec")), old)
 
     raw_annotations = meta.get("annotations")
@@ -196,16 +194,15 @@ def _read_node(
             f"not an object, got {short(raw_annotations)}; "
             + ("keeping what was last accepted" if old is not None else "ignored"),
         )
-    key = _read_annotation(
+    draft.public_key = _read_annotation(
         draft, annotations, PUBLIC_KEY_ANNOTATION, "InvalidPublicKey", "public key",
-        lambda v: parse_public_key(v), old.public_key if old else None, broken,
+        parse_public_key, old.public_key if old else None, broken,
     )  # fmt: skip
-    endpoint = _read_annotation(
+    draft.tunnel_endpoint = _read_annotation(
         draft, annotations, TUNNEL_ENDPOINT_ANNOTATION, "InvalidTunnelEndpoint", "endpoint",
         lambda v: parse_endpoint(v, hostname_ok=False), old.tunnel_endpoint if old else None,
         broken,
     )  # fmt: skip
-    draft.view = dataclasses.replace(draft.view, public_key=key, tunnel_endpoint=endpoint)
     probe = _read_annotation(
         draft, annotations, PROBE_ANNOTATION, "InvalidProbeAddress", "probe address",
         lambda v: str(parse_ip(v)), old.probe_address if old else None, broken,
@@ -216,8 +213,9 @@ def _read_node(
     return draft, []
 
 
-def _read_addresses(draft: _Draft, raw: object, old: NodeView | None) -> str | None:
-    """status.addresses -> the first valid InternalIP (all valid ones stay in the draft)."""
+def _read_addresses(draft: _Draft, raw: object, old: NodeView | None) -> None:
+    """status.addresses -> draft.addresses: the valid InternalIPs, in order (the first is the
+    one used)."""
     if raw is not None and not isinstance(raw, list):
         kept = old.internal_ip if old is not None else None
         draft.refuse(
@@ -227,7 +225,7 @@ def _read_addresses(draft: _Draft, raw: object, old: NodeView | None) -> str | N
         )
         if kept is not None:
             draft.addresses.append(("status.addresses", ipaddress.ip_address(kept)))
-        return kept
+        return
     refused = False
     for index, entry in enumerate(as_list(raw)):
         if not isinstance(entry, Mapping) or entry.get("type") != "InternalIP":
@@ -246,7 +244,6 @@ def _read_addresses(draft: _Draft, raw: object, old: NodeView | None) -> str | N
             draft.addresses.append((path, ip))
     if not draft.addresses and refused and old is not None and old.internal_ip is not None:
         draft.addresses.append(("status.addresses", ipaddress.ip_address(old.internal_ip)))
-    return str(draft.addresses[0][1]) if draft.addresses else None
 
 
 def _read_pod_cidrs(draft: _Draft, spec: Mapping[Any, Any], old: NodeView | None) -> None:
@@ -322,35 +319,41 @@ def _check_probe(draft: _Draft) -> None:
     if draft.probe is None:
         return
     path, ip = draft.probe
-    inside = [str(a) for a in (ip, draft.old_probe) if a and _inside(a, draft.cidrs)]
-    draft.view = dataclasses.replace(draft.view, probe_address=inside[0] if inside else None)
-    if inside and inside[0] == str(ip):
+    if any(ip in net for _, net in draft.cidrs):
+        draft.probe_address = str(ip)
         return
+    old = ipaddress.ip_address(draft.old_probe) if draft.old_probe else None
+    kept = old is not None and any(old in net for _, net in draft.cidrs)
+    draft.probe_address = draft.old_probe if kept else None
     accepted = ", ".join(str(net) for _, net in draft.cidrs) or "none"
     draft.refuse(
         path,
         "InvalidProbeAddress",
         f"{ip} is not inside the node's accepted pod CIDRs ({accepted}); "
-        + (_kept("probe address", inside[0]) if inside else "not probed"),
+        + (_kept("probe address", draft.old_probe) if kept else "not probed"),
     )
-
-
-def _inside(address: str | IPAddress, cidrs: list[tuple[str, IPNetwork]]) -> bool:
-    ip = ipaddress.ip_address(address)
-    return any(ip in net for _, net in cidrs)
 
 
 def _finish(draft: _Draft) -> NodeView:
     cidrs = sorted({net for _, net in draft.cidrs}, key=_net_key)
-    own = {draft.view.pool} if draft.view.pool else set()
-    problems = {
-        dataclasses.replace(p, pools=tuple(sorted(set(p.pools) | own))) for p in draft.problems
-    }
     clashing = sorted(set(draft.clashing), key=_net_key)
-    return dataclasses.replace(
-        draft.view,
+    own = {draft.pool} if draft.pool else set()
+    problems = {
+        dataclasses.replace(p, pools=tuple(sorted(set(p.pools) | own))) if own - set(p.pools)
+        else p
+        for p in draft.problems
+    }  # fmt: skip
+    return NodeView(
+        name=draft.name,
+        pool=draft.pool,
+        internal_ip=str(draft.addresses[0][1]) if draft.addresses else None,
         pod_cidrs=tuple(net.with_prefixlen for net in cidrs),
         clashing_cidrs=tuple(net.with_prefixlen for net in clashing),
+        labels=draft.labels,
+        public_key=draft.public_key,
+        tunnel_endpoint=draft.tunnel_endpoint,
+        probe_address=draft.probe_address,
+        ready=draft.ready,
         problems=tuple(sorted(problems)),
     )
 
@@ -364,39 +367,47 @@ def _net_key(net: IPNetwork) -> tuple[int, int, int]:
 
 class _CidrIndex:
     """Accepted pod CIDRs, for "does this overlap one of another pool?" in O(log n) per check.
-    CIDRs either nest or are disjoint, so an overlap is a supernet (one of at most 129
-    prefixes) or a subnet (one whose start lies inside the new one)."""
+    CIDRs either nest or are disjoint, so an overlap is a supernet (at most one per prefix
+    length in use) or a subnet (one whose start lies inside the new one)."""
 
     def __init__(self) -> None:
-        self._owners: list[tuple[IPNetwork, NodeView]] = []  # in the order accepted
+        self._owners: list[tuple[IPNetwork, _Draft]] = []  # in the order accepted
         self._exact: dict[tuple[int, int, int], list[int]] = {}  # -> indexes into _owners
+        self._prefixes: dict[int, set[int]] = {4: set(), 6: set()}  # prefix lengths in use
         self._starts: dict[int, list[tuple[int, int]]] = {4: [], 6: []}  # (start, index)
 
-    def add(self, net: IPNetwork, owner: NodeView) -> None:
+    def add(self, net: IPNetwork, owner: _Draft) -> None:
         index = len(self._owners)
         self._owners.append((net, owner))
         start = int(net.network_address)
         self._exact.setdefault((net.version, net.prefixlen, start), []).append(index)
+        self._prefixes[net.version].add(net.prefixlen)
         bisect.insort(self._starts[net.version], (start, index))
 
-    def containing(self, ip: IPAddress) -> tuple[IPNetwork, NodeView] | None:
+    def containing(self, ip: IPAddress) -> tuple[IPNetwork, _Draft] | None:
         """The earliest accepted CIDR that contains ``ip``, or None."""
-        return self.clash(ipaddress.ip_network(ip), lambda owner: True)
+        bits, value = ip.max_prefixlen, int(ip)
+        found = [
+            hits[0]
+            for plen in self._prefixes[ip.version]
+            if (
+                hits := self._exact.get((ip.version, plen, value >> (bits - plen) << (bits - plen)))
+            )
+        ]
+        return self._owners[min(found)] if found else None
 
     def clash(
-        self, net: IPNetwork, differs: Callable[[NodeView], bool]
-    ) -> tuple[IPNetwork, NodeView] | None:
+        self, net: IPNetwork, differs: Callable[[_Draft], bool]
+    ) -> tuple[IPNetwork, _Draft] | None:
         """The earliest accepted CIDR overlapping ``net`` whose owner ``differs(owner)``."""
         found: list[int] = []
         bits = net.max_prefixlen
         start = int(net.network_address)
-        for plen in range(net.prefixlen + 1):  # supernets of net, and net itself
-            mask = ((1 << plen) - 1) << (bits - plen)
-            found += [
-                i
-                for i in self._exact.get((net.version, plen, start & mask), ())
-                if differs(self._owners[i][1])
-            ][:1]
+        for plen in self._prefixes[net.version]:  # supernets of net, and net itself
+            if plen <= net.prefixlen:
+                mask = ((1 << plen) - 1) << (bits - plen)
+                hits = self._exact.get((net.version, plen, start & mask), ())
+                found += [i for i in hits if differs(self._owners[i][1])][:1]
         starts = self._starts[net.version]
         end = int(net.broadcast_address)
         at = bisect.bisect_left(starts, (start, -1))
@@ -409,114 +420,118 @@ class _CidrIndex:
         return self._owners[min(found)] if found else None
 
 
-def _pool_of(view: NodeView) -> str:
-    return f"pool {view.pool}" if view.pool else "in no pool"
+def _pool_of(draft: _Draft) -> str:
+    return f"pool {draft.pool}" if draft.pool else "in no pool"
 
 
-def _other_pool(pool: str | None) -> Callable[[NodeView], bool]:
+def _other_pool(pool: str | None) -> Callable[[_Draft], bool]:
     """Pod CIDRs of nodes in one pool may overlap (one gateway carries both); any other
     overlap clashes, with nodes in no pool too (their CIDRs are the cluster's all the same)."""
     return lambda owner: owner.pool != pool
 
 
-def _accept_between(drafts: list[_Draft]) -> list[NodeView]:
-    """Refuse the later object's field wherever two Nodes clash (see the module docstring).
-    ``drafts`` are in creation order."""
-    cidrs = _CidrIndex()
-    addresses: dict[IPAddress, NodeView] = {}
-    by_int: dict[int, list[tuple[int, IPAddress]]] = {4: [], 6: []}  # sorted (int, ip)
-    keys: dict[str, NodeView] = {}
-    views = []
-    for draft in drafts:
-        me = draft.view
-        kept_addresses = []
-        for path, ip in draft.addresses:
-            other = addresses.get(ip)
-            inside = cidrs.containing(ip)
-            if other is not None:
-                draft.refuse(
-                    path,
-                    "DuplicateInternalIP",
-                    f"{ip} is already the InternalIP of node {other.name} ({_pool_of(other)}),"
-                    f" created earlier; refused",
-                    other.pool,
-                )
-            elif inside is not None:
-                net, owner = inside
-                draft.refuse(
-                    path,
-                    "InternalIPInPodCIDR",
-                    f"{ip} lies inside pod CIDR {net} of node {owner.name} ({_pool_of(owner)}),"
-                    f" created earlier, so the pools route it to that node's pods; refused",
-                    owner.pool,
-                )
-            else:
-                kept_addresses.append((path, ip))
-        draft.addresses = kept_addresses
-        for _, ip in kept_addresses:
-            addresses[ip] = me
-            bisect.insort(by_int[ip.version], (int(ip), ip))
-        internal_ip = str(kept_addresses[0][1]) if kept_addresses else None
-        draft.view = me = dataclasses.replace(me, internal_ip=internal_ip)
+class _Accepted:
+    """What earlier Nodes hold: pod CIDRs, InternalIPs, public keys."""
 
-        kept_cidrs = []
-        for path, net in draft.cidrs:
-            row = by_int[net.version]
-            at = bisect.bisect_left(row, (int(net.network_address),))
-            covered = (
-                row[at][1] if at < len(row) and row[at][0] <= int(net.broadcast_address) else None
+    def __init__(self) -> None:
+        self.cidrs = _CidrIndex()
+        self.addresses: dict[IPAddress, _Draft] = {}
+        self.sorted_ips: dict[int, list[tuple[int, IPAddress]]] = {4: [], 6: []}
+        self.keys: dict[str, _Draft] = {}
+
+    def address_in(self, net: IPNetwork) -> IPAddress | None:
+        """The lowest accepted InternalIP inside ``net``, or None."""
+        row = self.sorted_ips[net.version]
+        at = bisect.bisect_left(row, (int(net.network_address),))
+        if at < len(row) and row[at][0] <= int(net.broadcast_address):
+            return row[at][1]
+        return None
+
+
+def _check_addresses(draft: _Draft, seen: _Accepted) -> None:
+    kept = []
+    for path, ip in draft.addresses:
+        other = seen.addresses.get(ip)
+        inside = seen.cidrs.containing(ip)
+        if other is not None:
+            draft.refuse(
+                path,
+                "DuplicateInternalIP",
+                f"{ip} is already the InternalIP of node {other.name} ({_pool_of(other)}),"
+                f" created earlier; refused",
+                other.pool,
             )
-            clash = cidrs.clash(net, _other_pool(me.pool))
-            if covered is not None:
-                owner = addresses[covered]
-                whose = "this node's own" if owner.name == me.name else f"node {owner.name}'s"
-                draft.refuse(
-                    path,
-                    "PodCIDRCoversNode",
-                    f"{net} contains {covered}, {whose} InternalIP; routing it would take"
-                    f" that node's underlay away; refused: no pool routes it",
-                    owner.pool,
-                )
-            elif clash is not None:
-                other_net, owner = clash
-                draft.refuse(
-                    path,
-                    "PodCIDROverlap",
-                    f"{net} overlaps pod CIDR {other_net} of node {owner.name}"
-                    f" ({_pool_of(owner)}), created earlier; refused: no pool routes it",
-                    owner.pool,
-                )
-            else:
-                kept_cidrs.append((path, net))
-                continue
-            draft.clashing.append(net)
-        draft.cidrs = kept_cidrs
-        for _, net in kept_cidrs:
-            cidrs.add(net, me)
+        elif inside is not None:
+            net, owner = inside
+            draft.refuse(
+                path,
+                "InternalIPInPodCIDR",
+                f"{ip} lies inside pod CIDR {net} of node {owner.name} ({_pool_of(owner)}),"
+                f" created earlier, so the pools route it to that node's pods; refused",
+                owner.pool,
+            )
+        else:
+            kept.append((path, ip))
+            seen.addresses[ip] = draft
+            bisect.insort(seen.sorted_ips[ip.version], (int(ip), ip))
+    draft.addresses = kept
 
-        key = me.public_key
-        if key is not None:
-            owner_of_key = keys.get(key)
-            if owner_of_key is not None:
-                draft.refuse(
-                    _ann(PUBLIC_KEY_ANNOTATION),
-                    "DuplicatePublicKey",
-                    f"node {owner_of_key.name} ({_pool_of(owner_of_key)}), created earlier,"
-                    f" already publishes this key; refused: WireGuard tells peers apart by key,"
-                    f" so this node gets no tunnel",
-                    owner_of_key.pool,
-                )
-                draft.view = me = dataclasses.replace(me, public_key=None)
-            else:
-                keys[key] = me
-        _check_probe(draft)
-        views.append(_finish(draft))
-    return views
+
+def _check_cidrs(draft: _Draft, seen: _Accepted) -> None:
+    kept = []
+    for path, net in draft.cidrs:
+        covered = seen.address_in(net)
+        clash = seen.cidrs.clash(net, _other_pool(draft.pool))
+        if covered is not None:
+            owner = seen.addresses[covered]
+            whose = "this node's own" if owner is draft else f"node {owner.name}'s"
+            draft.refuse(
+                path,
+                "PodCIDRCoversNode",
+                f"{net} contains {covered}, {whose} InternalIP; routing it would take that"
+                f" node's underlay away; refused: no pool routes it",
+                owner.pool,
+            )
+        elif clash is not None:
+            other_net, owner = clash
+            draft.refuse(
+                path,
+                "PodCIDROverlap",
+                f"{net} overlaps pod CIDR {other_net} of node {owner.name} ({_pool_of(owner)}),"
+                f" created earlier; refused: no pool routes it",
+                owner.pool,
+            )
+        else:
+            kept.append((path, net))
+            continue
+        draft.clashing.append(net)
+    draft.cidrs = kept
+    for _, net in kept:
+        seen.cidrs.add(net, draft)
+
+
+def _check_key(draft: _Draft, seen: _Accepted) -> None:
+    key = draft.public_key
+    if key is None:
+        return
+    owner = seen.keys.setdefault(key, draft)
+    if owner is draft:
+        return
+    draft.refuse(
+        _ann(PUBLIC_KEY_ANNOTATION),
+        "DuplicatePublicKey",
+        f"node {owner.name} ({_pool_of(owner)}), created earlier, already publishes this key;"
+        f" refused: WireGuard tells peers apart by key, so this node gets no tunnel",
+        owner.pool,
+    )
+    draft.public_key = None
 
 
 def read_nodes(
     nodes: object, pool_label: str, previous: Mapping[str, NodeView]
 ) -> tuple[list[NodeView], list[Problem]]:
+    """Every Node object -> its view, checked alone and then against the Nodes created before
+    it; plus the problems of the objects that could not be used at all."""
     problems: list[Problem] = []
     drafts: list[_Draft] = []
     for obj in items(nodes):
@@ -524,38 +539,48 @@ def read_nodes(
         problems.extend(refused)
         if draft is not None:
             drafts.append(draft)
-    drafts.sort(key=_draft_order)
-    unique: dict[str, _Draft] = {}
+    names = [d.name for d in drafts]
+    twice = {n for n in names if names.count(n) > 1} if len(set(names)) < len(names) else set()
+    drafts.sort(key=lambda d: (d.created, d.name, _content(d) if d.name in twice else ""))
+    seen = _Accepted()
+    views = []
+    used: set[str] = set()
     for draft in drafts:
-        first = unique.setdefault(draft.view.name, draft)
-        if first is not draft:
+        if draft.name in used:
             problems.append(
                 Problem(
                     "Node",
-                    draft.view.name,
+                    draft.name,
                     "metadata.name",
                     "DuplicateName",
                     "another Node of this name, created earlier, is used; this one is ignored",
-                    tuple(p for p in (draft.view.pool,) if p),
+                    (draft.pool,) if draft.pool else (),
                 )
             )
-    views = _accept_between(list(unique.values()))
+            continue
+        used.add(draft.name)
+        # Addresses first: a node's own pod CIDR must not contain its own InternalIP either.
+        _check_addresses(draft, seen)
+        _check_cidrs(draft, seen)
+        _check_key(draft, seen)
+        _check_probe(draft)
+        views.append(_finish(draft))
     return views, problems
 
 
-def _draft_order(draft: _Draft) -> tuple[Any, ...]:
-    """Creation order; equal stamps by name; full duplicates by content, so the outcome never
+def _content(draft: _Draft) -> str:
+    """Two Nodes of one name and creation time are told apart by content, so the outcome never
     depends on the order the objects were listed in."""
-    view = draft.view
-    content = (
-        view.pool or "",
-        [str(ip) for _, ip in draft.addresses],
-        [net.with_prefixlen for _, net in draft.cidrs],
-        view.public_key or "",
-        view.tunnel_endpoint or "",
-        str(draft.probe[1]) if draft.probe else "",
-        sorted(view.labels.items()),
-        view.ready,
-        sorted(draft.problems),
+    return repr(
+        (
+            draft.pool or "",
+            [str(ip) for _, ip in draft.addresses],
+            [net.with_prefixlen for _, net in draft.cidrs],
+            draft.public_key or "",
+            draft.tunnel_endpoint or "",
+            str(draft.probe[1]) if draft.probe else "",
+            sorted(draft.labels.items()),
+            draft.ready,
+            sorted(draft.problems),
+        )
     )
-    return (draft.created, view.name, repr(content))
