@@ -8,8 +8,8 @@ accepted. Rules (DESIGN.md, "Data path"):
 * The relay pool is the one the view chose (the oldest Gateway with ``spec.relay: true``).
   Every cross-pool packet between two non-relay pools passes the relay.
 * Every node routes every accepted pod CIDR of every other pool, whether or not that pool has
-  a gateway right now, so no node's routes depend on another pool's Lease (DESIGN.md, "Watch
-  only what the plan needs", and :func:`leases_needed`):
+  a gateway right now, so no node's routes depend on another pool's Lease, and a node needs to
+  watch only the Leases :func:`leases_needed` names:
 
   * members: one rule, and a route per remote CIDR via the own pool's gateway, on-link: out of
     the underlay when the gateway's InternalIP lies in one of the member's underlay subnets,
@@ -28,6 +28,9 @@ accepted. Rules (DESIGN.md, "Data path"):
 * A remote CIDR overlapping a network this node must keep reaching (``Identity.protected`` and
   its underlay subnets) is neither routed nor peered by this node (a problem); other nodes,
   for which it is harmless, still route it.
+* A remote CIDR overlapping a pod CIDR that a node of this pool claims but lost to it
+  (``NodeView.clashing_cidrs``) is neither routed nor peered by this pool's nodes (a problem):
+  that node's pods may live there, and intra-pool traffic never meets Raven state.
 * Each plan carries the problems of the pools it depends on: its own pool's (which include
   every problem with the relay's gateway and Gateway), and on the relay every pool's.
 
