@@ -130,3 +130,28 @@ def test_bad_arguments_are_named(tmp_path, args, message):
         timeout=20,
     )
     assert r.returncode == 2 and message in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("1h", 3600.0), ("1h0m0s", 3600.0), ("90s", 90.0), ("2.5", 2.5)]
+)
+def test_event_ttl_takes_go_durations_or_seconds(text, seconds):
+    from raven.lab.apiserver.__main__ import _parser
+
+    assert _parser().parse_args([*_REQUIRED, "--event-ttl", text]).event_ttl == seconds
+
+
+@pytest.mark.parametrize(
+    "flags", [["--event-ttl", "soon"], ["--event-ttl", "0"], ["--watch-queue-events", "0"]]
+)
+def test_bad_bounds_are_refused_by_name(flags, capsys):
+    from raven.lab.apiserver.__main__ import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*_REQUIRED, *flags])
+    assert flags[0] in capsys.readouterr().err
+
+
+_REQUIRED = [
+    "--state-dir", "s", "--listen", "127.0.0.1:1", "--cert", "c", "--key", "k", "--token-file", "t"
+]

@@ -126,6 +126,7 @@ BUILTINS: tuple[ResourceType, ...] = (
 
 CRD_TYPE = BUILTINS[-1]
 NAMESPACE_TYPE = BUILTINS[1]
+EVENT_TYPE = BUILTINS[2]
 
 
 def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:

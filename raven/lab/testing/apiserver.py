@@ -16,9 +16,11 @@ from pathlib import Path
 
 from kubernetes import client as k8s_client
 
+from raven.lab.apiserver.api import DEFAULT_EVENT_TTL
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
 from raven.lab.apiserver.pki import Pki, make_pki
 from raven.lab.apiserver.server import ApiServer, ServerConfig
+from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS
 
 
 @dataclass
@@ -30,6 +32,9 @@ class ApiServerHandle:
     pki: Pki
     kubeconfig: Path
     bookmark_interval: float = 5.0
+    event_ttl: float = DEFAULT_EVENT_TTL
+    watch_queue_events: int = MAX_QUEUED_EVENTS
+    watch_queue_bytes: int = MAX_QUEUED_BYTES
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _server: ApiServer | None = field(default=None, repr=False)
@@ -50,6 +55,11 @@ class ApiServerHandle:
     def running(self) -> bool:
         return self._server is not None
 
+    @property
+    def open_watches(self) -> int:
+        """Watch streams the server is serving right now."""
+        return self._server.open_watches if self._server is not None else 0
+
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the API server is already running")
@@ -62,6 +72,9 @@ class ApiServerHandle:
             token=self.token,
             history=self.history,
             bookmark_interval=self.bookmark_interval,
+            event_ttl=self.event_ttl,
+            watch_queue_events=self.watch_queue_events,
+            watch_queue_bytes=self.watch_queue_bytes,
         )
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -120,8 +133,15 @@ def run_apiserver(
     port: int = 0,
     history: int = 1000,
     bookmark_interval: float = 5.0,
+    event_ttl: float = DEFAULT_EVENT_TTL,
+    watch_queue_events: int = MAX_QUEUED_EVENTS,
+    watch_queue_bytes: int = MAX_QUEUED_BYTES,
 ) -> Iterator[ApiServerHandle]:
-    """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``."""
+    """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``.
+
+    The keywords are :class:`raven.lab.apiserver.server.ServerConfig`'s (the bounds on slow
+    watchers, the Events' time to live).
+    """
     state_dir = Path(state_dir)
     pki_dir = state_dir / "pki"
     if (pki_dir / "ca.crt").exists() and (pki_dir / "token").exists():
@@ -138,6 +158,9 @@ def run_apiserver(
         pki=pki,
         kubeconfig=state_dir / "kubeconfig",
         bookmark_interval=bookmark_interval,
+        event_ttl=event_ttl,
+        watch_queue_events=watch_queue_events,
+        watch_queue_bytes=watch_queue_bytes,
     )
     handle.start()
     try:
