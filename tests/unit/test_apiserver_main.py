@@ -3,9 +3,11 @@ SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -102,6 +104,32 @@ def test_runs_stops_on_sigterm_and_keeps_state(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_audit_log_path_records_who_did_what(tmp_path):
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"])
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
+    audit = tmp_path / "audit.log"
+    proc = _start(tmp_path, port, "--audit-log-path", str(audit))
+    try:
+        _wait_ready(url, pki.ca_cert, proc)
+        with _client(url, pki) as api:
+            client.CoreV1Api(api).create_node({"metadata": {"name": "n1"}})
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    created = [e for e in events if e["verb"] == "create"]
+    assert len(created) == 1
+    assert created[0]["user"]["username"] == "raven-lab-admin"
+    assert created[0]["objectRef"] == {"resource": "nodes", "name": "n1", "apiVersion": "v1"}
+    assert created[0]["responseStatus"]["code"] == 201
+    assert created[0]["annotations"]["authorization.k8s.io/decision"] == "allow"
+    assert stat.S_IMODE(audit.stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize(

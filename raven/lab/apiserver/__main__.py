@@ -2,7 +2,12 @@
 
     python -m raven.lab.apiserver --state-dir DIR --listen HOST:PORT --cert FILE --key FILE \
         --token-file FILE [--history N] [--event-ttl 1h] [--watch-queue-events N] \
-        [--watch-queue-bytes N] [--log-level debug]
+        [--watch-queue-bytes N] [--audit-log-path FILE] \
+        [--service-account-signing-key-file FILE] [--log-level debug]
+
+The token in --token-file is the admin's (group system:masters). Service-account tokens come from
+the TokenRequest API (``kubectl create token SA -n NS``); every other request is authorized by
+RBAC from the stored Roles, ClusterRoles and bindings.
 
 One log line per request at debug level; quiet (warnings only) by default.
 """
@@ -106,6 +111,19 @@ def _parser() -> argparse.ArgumentParser:
         help=f"bytes of objects one watch may hold likewise (default {MAX_QUEUED_BYTES})",
     )
     p.add_argument(
+        "--audit-log-path",
+        type=Path,
+        default=None,
+        help="append one audit.k8s.io/v1 Event (JSON) per request to FILE (default: none)",
+    )
+    p.add_argument(
+        "--service-account-signing-key-file",
+        type=Path,
+        default=None,
+        help="EC key that signs service-account tokens (default: STATE/sa-signing.key, made "
+        "on first start)",
+    )
+    p.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         event_ttl=args.event_ttl,
         watch_queue_events=args.watch_queue_events,
         watch_queue_bytes=args.watch_queue_bytes,
+        audit_log=args.audit_log_path,
+        service_account_key=args.service_account_signing_key_file,
     )
     try:
         asyncio.run(_run(config))

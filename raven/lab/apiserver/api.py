@@ -14,15 +14,18 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from raven.lab.apiserver import errors
+from raven.lab.apiserver import bootstrap, errors
+from raven.lab.apiserver.bootstrap import INITIAL_NAMESPACES
 from raven.lab.apiserver.limits import check_object
 from raven.lab.apiserver.patch import STRATEGIC, PatchError, PatchTooLarge, apply_patch
 from raven.lab.apiserver.resources import (
     CRD_TYPE,
     EVENT_TYPE,
     NAMESPACE_TYPE,
+    RBAC_GROUP,
     Registry,
     ResourceType,
+    builtin,
 )
 from raven.lab.apiserver.selectors import (
     SelectorError,
@@ -30,11 +33,11 @@ from raven.lab.apiserver.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
+from raven.lab.apiserver.services import allocate_service_addresses, keep_service_addresses
 from raven.lab.apiserver.store import Store, TooOld
 from raven.lab.apiserver.strategy import now_rfc3339, prepare_create, prepare_update
 from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, WatchStream
 
-INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 # kube-apiserver's --event-ttl default: an Event is deleted an hour after its last write.
 DEFAULT_EVENT_TTL = 3600.0
 
@@ -83,6 +86,14 @@ class Api:
         for ns in INITIAL_NAMESPACES:
             if store.get(NAMESPACE_TYPE.storage_key, "", ns) is None:
                 self.create(NAMESPACE_TYPE, "", {"metadata": {"name": ns}})
+        for rtype, objects in (
+            (builtin(RBAC_GROUP, "clusterroles"), bootstrap.CLUSTER_ROLES),
+            (builtin(RBAC_GROUP, "clusterrolebindings"), bootstrap.CLUSTER_ROLE_BINDINGS),
+            (builtin("scheduling.k8s.io", "priorityclasses"), bootstrap.PRIORITY_CLASSES),
+        ):
+            for obj in objects:
+                if store.get(rtype.storage_key, "", obj["metadata"]["name"]) is None:
+                    self.create(rtype, "", obj)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -112,9 +123,7 @@ class Api:
             raise errors.bad_request(str(e)) from None
         return object_matcher(labels, fields)
 
-    def _put(
-        self, rtype: ResourceType, ns: str, name: str, obj: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _put(self, rtype: ResourceType, ns: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
         ttl = self.event_ttl if rtype.storage_key == EVENT_TYPE.storage_key else None
         return self.store.put(rtype.storage_key, ns, name, obj, ttl=ttl)
 
@@ -141,6 +150,8 @@ class Api:
             raise errors.not_found("namespaces", "", ns)
         if self.store.get(rtype.storage_key, ns, name) is not None:
             raise errors.already_exists(rtype.plural, rtype.group, name)
+        if rtype.plural == "services" and not rtype.group:
+            allocate_service_addresses(obj, self.store.list(rtype.storage_key))
         check_object(rtype.plural, rtype.group, name, obj)
         if dry_run:
             return self._out(rtype, obj)
@@ -218,6 +229,8 @@ class Api:
         if wanted is not None and wanted != int(old["metadata"]["resourceVersion"]):
             raise errors.conflict(rtype.plural, rtype.group, old["metadata"]["name"])
         new = prepare_update(rtype, old, body, subresource=subresource, strict=strict)
+        if rtype.plural == "services" and not rtype.group:
+            keep_service_addresses(new, old)
         name = old["metadata"]["name"]
         check_object(rtype.plural, rtype.group, name, new)
         if new == old or dry_run:

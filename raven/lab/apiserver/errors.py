@@ -144,7 +144,7 @@ def object_too_large(plural: str, group: str, name: str, size: int, limit: int) 
     return ApiError(
         422,
         "RequestEntityTooLarge",
-        f"Request entity too large: limit is {limit}: {_qualified(plural, group)} \"{name}\" "
+        f'Request entity too large: limit is {limit}: {_qualified(plural, group)} "{name}" '
         f"would be stored as {size} bytes",
         name=name,
         group=group,
@@ -153,6 +153,4 @@ def object_too_large(plural: str, group: str, name: str, size: int, limit: int) 
 
 
 def too_deep(what: str, limit: int) -> ApiError:
-    return ApiError(
-        400, "BadRequest", f"{what} nests more than {limit} levels deep: refused"
-    )
+    return ApiError(400, "BadRequest", f"{what} nests more than {limit} levels deep: refused")

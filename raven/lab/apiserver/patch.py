@@ -46,16 +46,38 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-# Lists that strategic merge patch merges by a key instead of replacing (the ones our kinds have).
-MERGE_KEYS: dict[str, str] = {
-    "conditions": "type",
-    "addresses": "type",
-    "taints": "key",
-    "ownerReferences": "uid",
-    "containers": "name",
-    "volumes": "name",
-    "env": "name",
+# Lists that strategic merge patch merges by a key instead of replacing (the ones our kinds have:
+# Node, Namespace, Lease, DaemonSet's pod template, Service). Where one field name means two
+# lists, the first key the list's items carry decides: a container's ports merge by
+# containerPort, a Service's by port.
+MERGE_KEYS: dict[str, tuple[str, ...]] = {
+    "conditions": ("type",),
+    "addresses": ("type",),
+    "taints": ("key",),
+    "ownerReferences": ("uid",),
+    "containers": ("name",),
+    "initContainers": ("name",),
+    "ephemeralContainers": ("name",),
+    "volumes": ("name",),
+    "env": ("name",),
+    "ports": ("containerPort", "port"),
+    "volumeMounts": ("mountPath",),
+    "volumeDevices": ("devicePath",),
+    "imagePullSecrets": ("name",),
+    "hostAliases": ("ip",),
+    "topologySpreadConstraints": ("topologyKey",),
+    "readinessGates": ("conditionType",),
 }
+
+
+def _merge_key(field: str, current: list[Any], patch: list[Any]) -> str:
+    candidates = MERGE_KEYS[field]
+    for item in [*patch, *current]:
+        if isinstance(item, dict):
+            for key in candidates:
+                if key in item:
+                    return key
+    return candidates[0]
 
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
@@ -88,7 +110,7 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
             else:
                 result[key] = merged
         elif isinstance(value, list) and key in MERGE_KEYS and isinstance(result.get(key), list):
-            result[key] = _merge_list(result[key], value, MERGE_KEYS[key])
+            result[key] = _merge_list(result[key], value, _merge_key(key, result[key], value))
         else:
             result[key] = copy.deepcopy(value)
     return result

@@ -1,9 +1,24 @@
-"""The HTTPS front of the API server: routing, bearer-token auth, content negotiation, watch.
+"""The HTTPS front of the API server: authentication, authorization, routing, watch, audit.
 
 Paths follow kube-apiserver: ``/api/v1/...`` for the core group, ``/apis/<group>/<version>/...``
 for the others, ``namespaces/<ns>/<plural>`` for namespaced kinds, ``/<name>/status`` for the
-status subresource. All verbs are handled by :class:`raven.lab.apiserver.api.Api`; this module only
-translates HTTP to those calls and errors to ``Status`` bodies.
+status subresource, ``serviceaccounts/<name>/token`` for TokenRequest. All verbs are handled by
+:class:`raven.lab.apiserver.api.Api`; this module translates HTTP to those calls and errors to
+``Status`` bodies.
+
+Every request but a health check (``/healthz``, ``/readyz``, ``/livez``, open to anyone, as the
+lab's readiness probe needs) goes through, in order:
+
+1. authentication (:mod:`raven.lab.apiserver.authn`): the admin token is ``raven-lab-admin`` in
+   ``system:masters``; a service-account token from the TokenRequest API is
+   ``system:serviceaccount:<ns>:<name>``; anything else, or nothing, is 401;
+2. impersonation (``Impersonate-User``/``-Group``/``-Uid``/``-Extra-*``, ``kubectl --as``), if
+   the caller may ``impersonate`` those users, service accounts and groups;
+3. authorization: ``system:masters`` may do anything; everyone else gets what RBAC from the
+   stored Roles, ClusterRoles and bindings grants (:mod:`raven.lab.apiserver.rbac`) and 403 with
+   kube-apiserver's message for the rest. The default ClusterRoles let any authenticated user
+   read discovery, /version, /openapi and review its own access;
+4. the audit log (:mod:`raven.lab.apiserver.audit`), when configured: one line per request.
 
 Bounds (kube-apiserver's defaults unless said otherwise; every one is a test):
 
@@ -29,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -43,9 +59,24 @@ from typing import Any, cast
 import yaml
 from aiohttp import web
 
-from raven.lab.apiserver import discovery, errors, limits, openapi, protobuf
+from raven.lab.apiserver import discovery, errors, limits, openapi, protobuf, reviews
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL, Api
-from raven.lab.apiserver.resources import ResourceType
+from raven.lab.apiserver.audit import AuditEntry, AuditLog
+from raven.lab.apiserver.authn import (
+    ADMIN,
+    TokenIssuer,
+    UserInfo,
+    service_account_of,
+    service_account_user,
+)
+from raven.lab.apiserver.rbac import Rbac, RbacCache, forbidden
+from raven.lab.apiserver.requestinfo import RequestInfo, request_info
+from raven.lab.apiserver.resources import (
+    RBAC_GROUP,
+    SERVICE_ACCOUNT_TYPE,
+    ResourceType,
+    builtin,
+)
 from raven.lab.apiserver.store import Store
 from raven.lab.apiserver.table import to_table
 from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, WatchStream
@@ -56,6 +87,8 @@ HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
 # kube-apiserver ends watches after a random 30-60 minutes when the client gives no timeout.
 DEFAULT_WATCH_TIMEOUT = 1800.0
 DB_NAME = "apiserver.sqlite"
+SA_KEY_NAME = "sa-signing.key"
+RBAC_KINDS = ("roles", "clusterroles", "rolebindings", "clusterrolebindings")
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,10 @@ class ServerConfig:
     watch_queue_bytes: int = MAX_QUEUED_BYTES
     # Seconds an Event lives after its last write (kube-apiserver's --event-ttl, 1h).
     event_ttl: float = DEFAULT_EVENT_TTL
+    # Where to append the audit log (None: no audit log).
+    audit_log: Path | None = None
+    # The key service-account tokens are signed with (default: STATE/sa-signing.key, made once).
+    service_account_key: Path | None = None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -157,6 +194,11 @@ class ApiServer:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.state_dir / DB_NAME, history=config.history)
         self.api = Api(self.store, event_ttl=config.event_ttl)
+        self.tokens = TokenIssuer(config.service_account_key or config.state_dir / SA_KEY_NAME)
+        self.rbac = RbacCache(self._load_rbac)
+        for kind in RBAC_KINDS:
+            self.store.subscribe(builtin(RBAC_GROUP, kind).storage_key, self.rbac.invalidate)
+        self.audit = AuditLog(config.audit_log) if config.audit_log is not None else None
         self._streams: set[WatchStream] = set()
         self._runner: web.AppRunner | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -212,6 +254,8 @@ class ApiServer:
             await self._runner.cleanup()
             self._runner = None
         self.store.close()
+        if self.audit is not None:
+            self.audit.close()
 
     @property
     def open_watches(self) -> int:
@@ -219,18 +263,115 @@ class ApiServer:
 
     # -- request handling -------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(
-            token.strip().encode(), self.config.token.encode()
+    def _load_rbac(self) -> Rbac:
+        def objects(kind: str) -> list[dict[str, Any]]:
+            return self.store.list(builtin(RBAC_GROUP, kind).storage_key)
+
+        return Rbac(
+            roles=objects("roles"),
+            cluster_roles=objects("clusterroles"),
+            role_bindings=objects("rolebindings"),
+            cluster_role_bindings=objects("clusterrolebindings"),
         )
+
+    def _authenticate(self, request: web.Request) -> UserInfo:
+        """The admin or a service account, from the bearer token; 401 for anything else."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise errors.unauthorized()
+        if secrets.compare_digest(token.encode(), self.config.token.encode()):
+            return ADMIN
+        claims = self.tokens.verify(token)
+        if claims is not None:
+            account = self.store.get(
+                SERVICE_ACCOUNT_TYPE.storage_key, claims.namespace, claims.name
+            )
+            # A deleted (or deleted and re-made) ServiceAccount's tokens stop working.
+            if account is not None and account["metadata"].get("uid") == claims.uid:
+                return service_account_user(claims.namespace, claims.name, claims.uid)
+        raise errors.unauthorized()
+
+    def _impersonate(self, request: web.Request, user: UserInfo, entry: AuditEntry) -> UserInfo:
+        """Act as ``Impersonate-User`` (and groups, uid, extras) if ``user`` may, as
+        kube-apiserver does for ``kubectl --as``; 403 naming what may not be impersonated."""
+        headers = request.headers
+        as_user = headers.get("Impersonate-User", "")
+        as_groups = headers.getall("Impersonate-Group", [])
+        as_uid = headers.get("Impersonate-Uid", "")
+        extra_prefix = "impersonate-extra-"
+        extras: dict[str, tuple[str, ...]] = {}
+        for key in {k for k in headers if k.lower().startswith(extra_prefix)}:
+            extras[key[len(extra_prefix) :].lower()] = tuple(headers.getall(key))
+        if not as_user:
+            if as_groups or as_uid or extras:
+                raise errors.bad_request(
+                    "requested impersonation of groups, uid or extra without impersonating a user"
+                )
+            return user
+        account = service_account_of(as_user)
+        checks = [
+            RequestInfo(
+                verb="impersonate",
+                path="",
+                resource_request=True,
+                resource="serviceaccounts" if account else "users",
+                namespace=account[0] if account else "",
+                name=account[1] if account else as_user,
+            )
+        ]
+        checks += [
+            RequestInfo("impersonate", "", resource_request=True, resource="groups", name=g)
+            for g in as_groups
+        ]
+        if as_uid:
+            checks.append(
+                RequestInfo(
+                    verb="impersonate",
+                    path="",
+                    resource_request=True,
+                    api_group="authentication.k8s.io",
+                    resource="uids",
+                    name=as_uid,
+                )
+            )
+        for key, values in extras.items():
+            checks += [
+                RequestInfo(
+                    verb="impersonate",
+                    path="",
+                    resource_request=True,
+                    api_group="authentication.k8s.io",
+                    resource="userextras",
+                    subresource=key,
+                    name=v,
+                )
+                for v in values
+            ]
+        authz = self.rbac.get()
+        for check in checks:
+            decision = authz.authorize(user, check)
+            if not decision.allowed:
+                entry.decision, entry.reason = "forbid", decision.reason
+                raise forbidden(user, check, decision.reason)
+        groups = list(as_groups)
+        if account and not groups:
+            groups = ["system:serviceaccounts", f"system:serviceaccounts:{account[0]}"]
+        if as_user != "system:anonymous" and "system:authenticated" not in groups:
+            groups.append("system:authenticated")
+        acting = UserInfo(as_user, tuple(groups), as_uid, extras)
+        entry.impersonated = acting
+        return acting
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         status = 500
+        info = request_info(request.method, request.path, request.query)
+        entry = AuditEntry.begin(
+            info, request.path_qs, request.remote or "", request.headers.get("User-Agent", "")
+        )
         try:
-            response = await self._route(request)
+            response = await self._serve(request, info, entry)
             status = response.status
             return response
         except errors.ApiError as e:
@@ -249,6 +390,8 @@ class ApiServer:
             log.exception("internal error on %s %s", request.method, request.path_qs)
             return _json(errors.ApiError(500, "InternalError", "internal error").status(), 500)
         finally:
+            if self.audit is not None:
+                self.audit.write(entry, "ResponseComplete", status)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s %d %.1fms",
@@ -258,12 +401,26 @@ class ApiServer:
                     (time.monotonic() - started) * 1000,
                 )
 
-    async def _route(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, info: RequestInfo, entry: AuditEntry
+    ) -> web.StreamResponse:
+        """Authenticate, authorize, then route. Health checks need no credentials."""
         path = request.path.rstrip("/") or "/"
         if path in HEALTH_PATHS or path.split("/")[1:2] in (["healthz"], ["readyz"], ["livez"]):
             return web.Response(text="ok")
-        if not self._authorized(request):
-            raise errors.unauthorized()
+        user = entry.user = self._authenticate(request)
+        user = self._impersonate(request, user, entry)
+        decision = self.rbac.get().authorize(user, info)
+        entry.decision = "allow" if decision.allowed else "forbid"
+        entry.reason = decision.reason
+        if not decision.allowed:
+            raise forbidden(user, info, decision.reason)
+        return await self._route(request, user, entry)
+
+    async def _route(
+        self, request: web.Request, user: UserInfo, entry: AuditEntry
+    ) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
         registry = self.api.registry
         if path == "/version":
             return _json(discovery.VERSION_INFO)
@@ -300,11 +457,43 @@ class ApiServer:
             raise errors.no_such_resource(path)
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and (sub != "status" or not rtype.status_subresource):
+        if sub is not None and not (
+            (sub == "status" and rtype.status_subresource)
+            or any(s.name == sub for s in rtype.subresources)
+        ):
             raise errors.no_such_resource(path)
+        if rtype.virtual:
+            return await self._review(request, rtype, user)
         if name is None:
-            return await self._collection(request, rtype, namespace)
+            return await self._collection(request, rtype, namespace, entry)
+        if sub == "token":
+            return await self._token_request(request, rtype, namespace, name)
         return await self._item(request, rtype, namespace, name, sub)
+
+    async def _review(
+        self, request: web.Request, rtype: ResourceType, user: UserInfo
+    ) -> web.Response:
+        if request.method != "POST":
+            raise errors.method_not_allowed(
+                f"{request.method} is not supported on {rtype.plural}: only create"
+            )
+        body = await self._body(request)
+        if rtype.plural == "selfsubjectaccessreviews":
+            return _json(reviews.access_review(body, user, self.rbac.get()), 201)
+        if rtype.plural == "selfsubjectrulesreviews":
+            return _json(reviews.rules_review(body, user, self.rbac.get()), 201)
+        return _json(reviews.self_review(body, user), 201)
+
+    async def _token_request(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, name: str
+    ) -> web.Response:
+        if request.method != "POST":
+            raise errors.method_not_allowed(
+                f"{request.method} is not supported on {rtype.plural}/token: only create"
+            )
+        body = await self._body(request)
+        account = self.api.get(rtype, namespace, name)  # 404 when there is no such account
+        return _json(reviews.token_request(body, namespace or "", account, self.tokens), 201)
 
     def _openapi(self, path: str) -> web.Response:
         if path == "/openapi/v3":
@@ -367,13 +556,17 @@ class ApiServer:
         return _json(obj, status)
 
     async def _collection(
-        self, request: web.Request, rtype: ResourceType, namespace: str | None
+        self,
+        request: web.Request,
+        rtype: ResourceType,
+        namespace: str | None,
+        entry: AuditEntry,
     ) -> web.StreamResponse:
         q = request.query
         labels, fields = q.get("labelSelector"), q.get("fieldSelector")
         if request.method == "GET":
             if _truthy(q.get("watch")):
-                return await self._watch(request, rtype, namespace)
+                return await self._watch(request, rtype, namespace, entry)
             listing = self.api.list(
                 rtype,
                 namespace,
@@ -403,6 +596,8 @@ class ApiServer:
                 dry_run=_dry_run(request),
                 strict=_strict(request),
             )
+            # like kube-apiserver, the audit names the object a create made
+            entry.info = dataclasses.replace(entry.info, name=obj["metadata"]["name"])
             return _json(obj, 201)
         if request.method == "DELETE":
             return _json(
@@ -463,7 +658,11 @@ class ApiServer:
         raise errors.method_not_allowed(f"{request.method} is not supported here")
 
     async def _watch(
-        self, request: web.Request, rtype: ResourceType, namespace: str | None
+        self,
+        request: web.Request,
+        rtype: ResourceType,
+        namespace: str | None,
+        entry: AuditEntry,
     ) -> web.StreamResponse:
         q = request.query
         try:
@@ -513,6 +712,8 @@ class ApiServer:
             headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"},
         )
         await response.prepare(request)
+        if self.audit is not None:
+            self.audit.write(entry, "ResponseStarted", 200)
         if stream is None:
             assert stream_error is not None
             await response.write(self._event("ERROR", stream_error.status()))
