@@ -47,7 +47,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import secrets
 import socket
 import ssl
 import struct
@@ -60,23 +59,13 @@ import yaml
 from aiohttp import web
 
 from raven.lab.apiserver import discovery, errors, limits, openapi, protobuf, reviews
+from raven.lab.apiserver.access import Access
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL, Api
 from raven.lab.apiserver.audit import AuditEntry, AuditLog
-from raven.lab.apiserver.authn import (
-    ADMIN,
-    TokenIssuer,
-    UserInfo,
-    service_account_of,
-    service_account_user,
-)
-from raven.lab.apiserver.rbac import Rbac, RbacCache, forbidden
+from raven.lab.apiserver.authn import TokenIssuer, UserInfo
+from raven.lab.apiserver.rbac import forbidden
 from raven.lab.apiserver.requestinfo import RequestInfo, request_info
-from raven.lab.apiserver.resources import (
-    RBAC_GROUP,
-    SERVICE_ACCOUNT_TYPE,
-    ResourceType,
-    builtin,
-)
+from raven.lab.apiserver.resources import ResourceType
 from raven.lab.apiserver.store import Store
 from raven.lab.apiserver.table import to_table
 from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, WatchStream
@@ -88,7 +77,6 @@ HEALTH_PATHS = ("/healthz", "/readyz", "/livez")
 DEFAULT_WATCH_TIMEOUT = 1800.0
 DB_NAME = "apiserver.sqlite"
 SA_KEY_NAME = "sa-signing.key"
-RBAC_KINDS = ("roles", "clusterroles", "rolebindings", "clusterrolebindings")
 
 
 @dataclass(frozen=True)
@@ -194,10 +182,8 @@ class ApiServer:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.state_dir / DB_NAME, history=config.history)
         self.api = Api(self.store, event_ttl=config.event_ttl)
-        self.tokens = TokenIssuer(config.service_account_key or config.state_dir / SA_KEY_NAME)
-        self.rbac = RbacCache(self._load_rbac)
-        for kind in RBAC_KINDS:
-            self.store.subscribe(builtin(RBAC_GROUP, kind).storage_key, self.rbac.invalidate)
+        tokens = TokenIssuer(config.service_account_key or config.state_dir / SA_KEY_NAME)
+        self.access = Access(self.store, config.token, tokens)
         self.audit = AuditLog(config.audit_log) if config.audit_log is not None else None
         self._streams: set[WatchStream] = set()
         self._runner: web.AppRunner | None = None
@@ -263,106 +249,6 @@ class ApiServer:
 
     # -- request handling -------------------------------------------------------------------
 
-    def _load_rbac(self) -> Rbac:
-        def objects(kind: str) -> list[dict[str, Any]]:
-            return self.store.list(builtin(RBAC_GROUP, kind).storage_key)
-
-        return Rbac(
-            roles=objects("roles"),
-            cluster_roles=objects("clusterroles"),
-            role_bindings=objects("rolebindings"),
-            cluster_role_bindings=objects("clusterrolebindings"),
-        )
-
-    def _authenticate(self, request: web.Request) -> UserInfo:
-        """The admin or a service account, from the bearer token; 401 for anything else."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise errors.unauthorized()
-        if secrets.compare_digest(token.encode(), self.config.token.encode()):
-            return ADMIN
-        claims = self.tokens.verify(token)
-        if claims is not None:
-            account = self.store.get(
-                SERVICE_ACCOUNT_TYPE.storage_key, claims.namespace, claims.name
-            )
-            # A deleted (or deleted and re-made) ServiceAccount's tokens stop working.
-            if account is not None and account["metadata"].get("uid") == claims.uid:
-                return service_account_user(claims.namespace, claims.name, claims.uid)
-        raise errors.unauthorized()
-
-    def _impersonate(self, request: web.Request, user: UserInfo, entry: AuditEntry) -> UserInfo:
-        """Act as ``Impersonate-User`` (and groups, uid, extras) if ``user`` may, as
-        kube-apiserver does for ``kubectl --as``; 403 naming what may not be impersonated."""
-        headers = request.headers
-        as_user = headers.get("Impersonate-User", "")
-        as_groups = headers.getall("Impersonate-Group", [])
-        as_uid = headers.get("Impersonate-Uid", "")
-        extra_prefix = "impersonate-extra-"
-        extras: dict[str, tuple[str, ...]] = {}
-        for key in {k for k in headers if k.lower().startswith(extra_prefix)}:
-            extras[key[len(extra_prefix) :].lower()] = tuple(headers.getall(key))
-        if not as_user:
-            if as_groups or as_uid or extras:
-                raise errors.bad_request(
-                    "requested impersonation of groups, uid or extra without impersonating a user"
-                )
-            return user
-        account = service_account_of(as_user)
-        checks = [
-            RequestInfo(
-                verb="impersonate",
-                path="",
-                resource_request=True,
-                resource="serviceaccounts" if account else "users",
-                namespace=account[0] if account else "",
-                name=account[1] if account else as_user,
-            )
-        ]
-        checks += [
-            RequestInfo("impersonate", "", resource_request=True, resource="groups", name=g)
-            for g in as_groups
-        ]
-        if as_uid:
-            checks.append(
-                RequestInfo(
-                    verb="impersonate",
-                    path="",
-                    resource_request=True,
-                    api_group="authentication.k8s.io",
-                    resource="uids",
-                    name=as_uid,
-                )
-            )
-        for key, values in extras.items():
-            checks += [
-                RequestInfo(
-                    verb="impersonate",
-                    path="",
-                    resource_request=True,
-                    api_group="authentication.k8s.io",
-                    resource="userextras",
-                    subresource=key,
-                    name=v,
-                )
-                for v in values
-            ]
-        authz = self.rbac.get()
-        for check in checks:
-            decision = authz.authorize(user, check)
-            if not decision.allowed:
-                entry.decision, entry.reason = "forbid", decision.reason
-                raise forbidden(user, check, decision.reason)
-        groups = list(as_groups)
-        if account and not groups:
-            groups = ["system:serviceaccounts", f"system:serviceaccounts:{account[0]}"]
-        if as_user != "system:anonymous" and "system:authenticated" not in groups:
-            groups.append("system:authenticated")
-        acting = UserInfo(as_user, tuple(groups), as_uid, extras)
-        entry.impersonated = acting
-        return acting
-
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         status = 500
@@ -408,9 +294,16 @@ class ApiServer:
         path = request.path.rstrip("/") or "/"
         if path in HEALTH_PATHS or path.split("/")[1:2] in (["healthz"], ["readyz"], ["livez"]):
             return web.Response(text="ok")
-        user = entry.user = self._authenticate(request)
-        user = self._impersonate(request, user, entry)
-        decision = self.rbac.get().authorize(user, info)
+        user = entry.user = self.access.authenticate(request.headers)
+        try:
+            acting = self.access.impersonate(request.headers, user)
+        except errors.ApiError as e:
+            if e.code == 403:
+                entry.decision, entry.reason = "forbid", e.message
+            raise
+        if acting is not None:
+            user = entry.impersonated = acting
+        decision = self.access.authorize(user, info)
         entry.decision = "allow" if decision.allowed else "forbid"
         entry.reason = decision.reason
         if not decision.allowed:
@@ -479,9 +372,9 @@ class ApiServer:
             )
         body = await self._body(request)
         if rtype.plural == "selfsubjectaccessreviews":
-            return _json(reviews.access_review(body, user, self.rbac.get()), 201)
+            return _json(reviews.access_review(body, user, self.access.rbac.get()), 201)
         if rtype.plural == "selfsubjectrulesreviews":
-            return _json(reviews.rules_review(body, user, self.rbac.get()), 201)
+            return _json(reviews.rules_review(body, user, self.access.rbac.get()), 201)
         return _json(reviews.self_review(body, user), 201)
 
     async def _token_request(
@@ -493,7 +386,7 @@ class ApiServer:
             )
         body = await self._body(request)
         account = self.api.get(rtype, namespace, name)  # 404 when there is no such account
-        return _json(reviews.token_request(body, namespace or "", account, self.tokens), 201)
+        return _json(reviews.token_request(body, namespace or "", account, self.access.tokens), 201)
 
     def _openapi(self, path: str) -> web.Response:
         if path == "/openapi/v3":
