@@ -1,8 +1,10 @@
 """The node's WireGuard key pair: made once, kept in the state folder, never logged.
 
-The private key lives in ``<state_dir>/wireguard.key`` with mode 0600 (written atomically, so a
-crash never leaves half a key); the public key is derived from it on every load, so the two
-cannot disagree. ``KeyPair``'s repr hides the private key, so it cannot end up in a log line.
+The private key lives in ``<state_dir>/wireguard.key`` with mode 0600 from creation, whatever
+was there before (written with :func:`raven.secretfile.write_secret`: atomically and durably, so
+a crash never leaves half a key nor loses a key the node has already published); the public key
+is derived from it on every load, so the two cannot disagree. ``KeyPair``'s repr hides the
+private key, so it cannot end up in a log line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from raven.secretfile import write_secret
 
 KEY_FILE = "wireguard.key"
 
@@ -76,14 +80,7 @@ def load_or_create(state_dir: str | os.PathLike[str]) -> KeyPair:
             raise BadKey(f"{path}: {e}") from None
         return KeyPair(public, private, path)
     private = _generate()
-    tmp = directory / f".{KEY_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (private + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_secret(path, private + "\n")
     return KeyPair(public_key_of(private), private, path)
 
 

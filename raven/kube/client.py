@@ -68,6 +68,29 @@ class ClientConfig:
     key_data: bytes | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
 
+    @property
+    def has_credentials(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.token,
+                self.token_file,
+                self.cert_file,
+                self.key_file,
+                self.cert_data,
+                self.key_data,
+            )
+        )
+
+    def check_transport(self) -> None:
+        """Refuse credentials over plain HTTP: anyone on the path could read a bearer token
+        (and a client key has no business near an unencrypted connection either)."""
+        if self.has_credentials and not self.server.startswith("https://"):
+            raise PermanentError(
+                f"refusing to send credentials to {self.server}: the server URL is not https:// "
+                "(a bearer token or client key would cross the network unencrypted)"
+            )
+
     def ssl_context(self) -> ssl.SSLContext | bool:
         """The TLS settings; raises :class:`PermanentError` for unreadable or bad CA/certs."""
         try:
@@ -188,9 +211,17 @@ def load_config(
 ) -> ClientConfig:
     """Settings from ``kubeconfig``, else ``$KUBECONFIG``, else in-cluster, else ~/.kube/config.
 
-    Raises :class:`PermanentError` naming what is missing or malformed.
+    Raises :class:`PermanentError` naming what is missing or malformed, or when credentials
+    would go to a plain ``http://`` server.
     """
-    timeouts = timeouts or Timeouts()
+    config = _load_config(kubeconfig, context, timeouts or Timeouts())
+    config.check_transport()
+    return config
+
+
+def _load_config(
+    kubeconfig: str | Path | None, context: str | None, timeouts: Timeouts
+) -> ClientConfig:
     if kubeconfig is not None:
         return _from_kubeconfig(Path(kubeconfig), context, timeouts)
     env = os.environ.get("KUBECONFIG")
@@ -236,6 +267,7 @@ class KubeClient:
     """
 
     def __init__(self, config: ClientConfig) -> None:
+        config.check_transport()
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._ssl = config.ssl_context()
@@ -261,7 +293,7 @@ class KubeClient:
             except OSError as e:
                 raise PermanentError(f"cannot read token file {self.config.token_file}") from e
         headers = {"Accept": "application/json", "User-Agent": "raven"}
-        if self._token:
+        if self._token and self.config.server.startswith("https://"):
             headers["Authorization"] = f"Bearer {self._token}"
         if content_type:
             headers["Content-Type"] = content_type

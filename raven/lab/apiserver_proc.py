@@ -51,8 +51,11 @@ def make_lab_pki(
     return make_pki(directory, hosts, extra=extra)
 
 
-def start(lab: Lab, pki: Pki, *, state_dir: Path, log_file: Path) -> subprocess.Popen[bytes]:
-    """Start the API server inside the lab's API namespace, listening on all its addresses."""
+def start(
+    lab: Lab, pki: Pki, *, state_dir: Path, log_file: Path, audit_log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the API server inside the lab's API namespace, listening on all its addresses;
+    with ``audit_log``, every request is recorded there (``--audit-log-path``)."""
     argv = [
         *_command(),
         "--state-dir",
@@ -66,6 +69,8 @@ def start(lab: Lab, pki: Pki, *, state_dir: Path, log_file: Path) -> subprocess.
         "--token-file",
         str(pki.token_file),
     ]
+    if audit_log is not None:
+        argv += ["--audit-log-path", str(audit_log)]
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         # own session: a Ctrl-C on `raven lab up` must not kill the server of a lab left running

@@ -3,9 +3,11 @@ SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -104,6 +106,32 @@ def test_runs_stops_on_sigterm_and_keeps_state(tmp_path):
             proc.communicate()
 
 
+def test_audit_log_path_records_who_did_what(tmp_path):
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"])
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
+    audit = tmp_path / "audit.log"
+    proc = _start(tmp_path, port, "--audit-log-path", str(audit))
+    try:
+        _wait_ready(url, pki.ca_cert, proc)
+        with _client(url, pki) as api:
+            client.CoreV1Api(api).create_node({"metadata": {"name": "n1"}})
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    created = [e for e in events if e["verb"] == "create"]
+    assert len(created) == 1
+    assert created[0]["user"]["username"] == "raven-lab-admin"
+    assert created[0]["objectRef"] == {"resource": "nodes", "name": "n1", "apiVersion": "v1"}
+    assert created[0]["responseStatus"]["code"] == 201
+    assert created[0]["annotations"]["authorization.k8s.io/decision"] == "allow"
+    assert stat.S_IMODE(audit.stat().st_mode) == 0o600
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -130,3 +158,28 @@ def test_bad_arguments_are_named(tmp_path, args, message):
         timeout=20,
     )
     assert r.returncode == 2 and message in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("1h", 3600.0), ("1h0m0s", 3600.0), ("90s", 90.0), ("2.5", 2.5)]
+)
+def test_event_ttl_takes_go_durations_or_seconds(text, seconds):
+    from raven.lab.apiserver.__main__ import _parser
+
+    assert _parser().parse_args([*_REQUIRED, "--event-ttl", text]).event_ttl == seconds
+
+
+@pytest.mark.parametrize(
+    "flags", [["--event-ttl", "soon"], ["--event-ttl", "0"], ["--watch-queue-events", "0"]]
+)
+def test_bad_bounds_are_refused_by_name(flags, capsys):
+    from raven.lab.apiserver.__main__ import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*_REQUIRED, *flags])
+    assert flags[0] in capsys.readouterr().err
+
+
+_REQUIRED = [
+    "--state-dir", "s", "--listen", "127.0.0.1:1", "--cert", "c", "--key", "k", "--token-file", "t"
+]

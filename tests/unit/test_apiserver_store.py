@@ -63,16 +63,17 @@ def test_each_write_is_one_committed_transaction(tmp_path):
 
 def test_history_floor(tmp_path):
     store = Store(None, history=3)
-    api = Api(store)  # 4 namespaces: versions 1..4, history keeps 2..4
-    assert store.floor == 1
+    api = Api(store)  # the objects every cluster starts with: versions 1..n, 3 kept
+    n = store.rv
+    assert n > 3 and store.floor == n - 3
     with pytest.raises(TooOld):
         store.events_since("core/namespaces", 0)
     for i in range(3):
         api.create(NODES, None, node(f"n{i}"))
-    assert store.floor == 4
-    assert [e.name for e in store.events_since("core/nodes", 4)] == ["n0", "n1", "n2"]
+    assert store.floor == n
+    assert [e.name for e in store.events_since("core/nodes", n)] == ["n0", "n1", "n2"]
     with pytest.raises(errors.ApiError) as e:
-        api.watch(NODES, None, resource_version="3")
+        api.watch(NODES, None, resource_version=str(n - 1))
     assert e.value.code == 410 and e.value.reason == "Expired"
 
 

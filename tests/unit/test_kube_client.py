@@ -128,3 +128,36 @@ async def test_silent_server_hits_the_read_timeout() -> None:
             w.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"token": "s3cret"},
+        {"token_file": "/var/run/token"},
+        {"cert_data": b"cert", "key_data": b"key"},
+    ],
+)
+async def test_no_credential_is_sent_to_a_plain_http_server(credentials: dict[str, Any]) -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(4096))
+        writer.close()
+
+    server = await asyncio.start_server(record, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        with pytest.raises(PermanentError, match=f"refusing to send credentials to {url}"):
+            async with KubeClient(ClientConfig(server=url, **credentials)) as client:
+                await client.get(NODES, "n1")
+        await asyncio.sleep(0.2)  # give a request that was sent time to arrive
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == []
+
+
+def test_kubeconfig_with_a_token_for_an_http_server_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match="refusing to send credentials to http://10.0.0.1"):
+        load_config(write(tmp_path, kubeconfig(server="http://10.0.0.1:8080")))

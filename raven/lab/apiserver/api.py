@@ -2,29 +2,44 @@
 
 This is where kinds meet storage: namespaces must exist for namespaced objects, CRDs register
 and unregister their custom resources, deleting a namespace or CRD deletes what it contains,
-and resourceVersion preconditions give 409 Conflict.
+resourceVersion preconditions give 409 Conflict, Events expire ``event_ttl`` after their last
+write, and objects over the size and depth limits (:mod:`raven.lab.apiserver.limits`) are
+refused before anything is stored.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
-from raven.lab.apiserver import errors
-from raven.lab.apiserver.patch import STRATEGIC, PatchError, apply_patch
-from raven.lab.apiserver.resources import CRD_TYPE, NAMESPACE_TYPE, Registry, ResourceType
+from raven.lab.apiserver import bootstrap, errors
+from raven.lab.apiserver.bootstrap import INITIAL_NAMESPACES
+from raven.lab.apiserver.limits import check_object
+from raven.lab.apiserver.patch import STRATEGIC, PatchError, PatchTooLarge, apply_patch
+from raven.lab.apiserver.resources import (
+    CRD_TYPE,
+    EVENT_TYPE,
+    NAMESPACE_TYPE,
+    RBAC_GROUP,
+    Registry,
+    ResourceType,
+    builtin,
+)
 from raven.lab.apiserver.selectors import (
     SelectorError,
     object_matcher,
     parse_field_selector,
     parse_label_selector,
 )
+from raven.lab.apiserver.services import allocate_service_addresses, keep_service_addresses
 from raven.lab.apiserver.store import Store, TooOld
 from raven.lab.apiserver.strategy import now_rfc3339, prepare_create, prepare_update
-from raven.lab.apiserver.watch import WatchStream
+from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, WatchStream
 
-INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# kube-apiserver's --event-ttl default: an Event is deleted an hour after its last write.
+DEFAULT_EVENT_TTL = 3600.0
 
 
 def _sort_key(obj: dict[str, Any]) -> list[str]:
@@ -55,14 +70,30 @@ def _precondition(rv: Any) -> int | None:
 
 
 class Api:
-    def __init__(self, store: Store, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry | None = None,
+        *,
+        event_ttl: float | None = DEFAULT_EVENT_TTL,
+    ) -> None:
+        """``event_ttl``: seconds an Event lives after its last write (None: for ever)."""
         self.store = store
+        self.event_ttl = event_ttl
         self.registry = registry or Registry()
         for crd in store.list(CRD_TYPE.storage_key):
             self.registry.set_crd(crd)
         for ns in INITIAL_NAMESPACES:
             if store.get(NAMESPACE_TYPE.storage_key, "", ns) is None:
                 self.create(NAMESPACE_TYPE, "", {"metadata": {"name": ns}})
+        for rtype, objects in (
+            (builtin(RBAC_GROUP, "clusterroles"), bootstrap.CLUSTER_ROLES),
+            (builtin(RBAC_GROUP, "clusterrolebindings"), bootstrap.CLUSTER_ROLE_BINDINGS),
+            (builtin("scheduling.k8s.io", "priorityclasses"), bootstrap.PRIORITY_CLASSES),
+        ):
+            for obj in objects:
+                if store.get(rtype.storage_key, "", obj["metadata"]["name"]) is None:
+                    self.create(rtype, "", obj)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -92,6 +123,10 @@ class Api:
             raise errors.bad_request(str(e)) from None
         return object_matcher(labels, fields)
 
+    def _put(self, rtype: ResourceType, ns: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+        ttl = self.event_ttl if rtype.storage_key == EVENT_TYPE.storage_key else None
+        return self.store.put(rtype.storage_key, ns, name, obj, ttl=ttl)
+
     def _after_write(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         if rtype is CRD_TYPE:
             self.registry.set_crd(obj)
@@ -115,9 +150,12 @@ class Api:
             raise errors.not_found("namespaces", "", ns)
         if self.store.get(rtype.storage_key, ns, name) is not None:
             raise errors.already_exists(rtype.plural, rtype.group, name)
+        if rtype.plural == "services" and not rtype.group:
+            allocate_service_addresses(obj, self.store.list(rtype.storage_key))
+        check_object(rtype.plural, rtype.group, name, obj)
         if dry_run:
             return self._out(rtype, obj)
-        stored = self.store.put(rtype.storage_key, ns, name, obj)
+        stored = self._put(rtype, ns, name, obj)
         self._after_write(rtype, stored)
         return self._out(rtype, stored)
 
@@ -191,14 +229,17 @@ class Api:
         if wanted is not None and wanted != int(old["metadata"]["resourceVersion"]):
             raise errors.conflict(rtype.plural, rtype.group, old["metadata"]["name"])
         new = prepare_update(rtype, old, body, subresource=subresource, strict=strict)
+        if rtype.plural == "services" and not rtype.group:
+            keep_service_addresses(new, old)
         name = old["metadata"]["name"]
+        check_object(rtype.plural, rtype.group, name, new)
         if new == old or dry_run:
             # No change: like kube-apiserver, no write and no new resourceVersion.
             return self._out(rtype, new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             # The last finalizer of an object being deleted is gone: now it really goes.
             return self._remove(rtype, ns, name, new)
-        stored = self.store.put(rtype.storage_key, ns, name, new)
+        stored = self._put(rtype, ns, name, new)
         self._after_write(rtype, stored)
         return self._out(rtype, stored)
 
@@ -245,6 +286,8 @@ class Api:
             patched = apply_patch(
                 content_type, self._out(rtype, json.loads(json.dumps(old))), patch
             )
+        except PatchTooLarge as e:
+            raise errors.request_too_large(str(e)) from None
         except PatchError as e:
             if "unsupported patch type" in str(e):
                 raise errors.unsupported_media_type(str(e)) from None
@@ -280,7 +323,7 @@ class Api:
             marked = json.loads(json.dumps(old))
             marked["metadata"]["deletionTimestamp"] = now_rfc3339()
             marked["metadata"]["deletionGracePeriodSeconds"] = 0
-            return self._out(rtype, self.store.put(rtype.storage_key, ns, name, marked))
+            return self._out(rtype, self._put(rtype, ns, name, marked))
         return self._remove(rtype, ns, name, old)
 
     def _remove(
@@ -326,8 +369,15 @@ class Api:
         label_selector: str | None = None,
         field_selector: str | None = None,
         bookmarks: bool = False,
+        max_events: int = MAX_QUEUED_EVENTS,
+        max_bytes: int = MAX_QUEUED_BYTES,
+        on_overflow: Callable[[], None] | None = None,
     ) -> WatchStream:
-        """A watch; raises ApiError 410 (Expired) when ``resource_version`` is too old."""
+        """A watch; raises ApiError 410 (Expired) when ``resource_version`` is too old.
+
+        ``max_events``/``max_bytes`` bound what the stream holds for a slow client; past them it
+        is closed and ``on_overflow`` called (see :mod:`raven.lab.apiserver.watch`).
+        """
         match = self._matcher(rtype, label_selector, field_selector)
         since = _precondition(resource_version)
         # "0" means "any version": like kube-apiserver, start with the current state.
@@ -350,6 +400,9 @@ class Api:
                 match=match,
                 since=since,
                 bookmark=bookmark if bookmarks else None,
+                max_events=max_events,
+                max_bytes=max_bytes,
+                on_overflow=on_overflow,
             )
         except TooOld as e:
             raise errors.gone(f"too old resource version: {e.requested} ({e.oldest})") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raven.lab.apiserver.resources import VERBS, Registry, ResourceType
+from raven.lab.apiserver.resources import Registry, ResourceType
 
 VERSION_INFO = {
     "major": "1",
@@ -41,7 +41,7 @@ def _resources(types: list[ResourceType]) -> list[dict[str, Any]]:
             "singularName": t.singular,
             "namespaced": t.namespaced,
             "kind": t.kind,
-            "verbs": list(VERBS),
+            "verbs": list(t.verbs),
         }
         if t.short_names:
             entry["shortNames"] = list(t.short_names)
@@ -58,6 +58,17 @@ def _resources(types: list[ResourceType]) -> list[dict[str, Any]]:
                     "verbs": ["get", "patch", "update"],
                 }
             )
+        for sub in t.subresources:
+            entry = {
+                "name": f"{t.plural}/{sub.name}",
+                "singularName": "",
+                "namespaced": t.namespaced,
+                "kind": sub.kind or t.kind,
+                "verbs": list(sub.verbs),
+            }
+            if sub.group or sub.version:
+                entry["group"], entry["version"] = sub.group, sub.version
+            out.append(entry)
     return out
 
 

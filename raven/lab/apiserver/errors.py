@@ -132,3 +132,25 @@ def method_not_allowed(message: str) -> ApiError:
 
 def unsupported_media_type(message: str) -> ApiError:
     return ApiError(415, "UnsupportedMediaType", message)
+
+
+def request_too_large(detail: str) -> ApiError:
+    """413, worded as kube-apiserver does: ``Request entity too large: limit is 3145728``."""
+    return ApiError(413, "RequestEntityTooLarge", f"Request entity too large: {detail}")
+
+
+def object_too_large(plural: str, group: str, name: str, size: int, limit: int) -> ApiError:
+    """422 with reason RequestEntityTooLarge: the object the request would store is too big."""
+    return ApiError(
+        422,
+        "RequestEntityTooLarge",
+        f'Request entity too large: limit is {limit}: {_qualified(plural, group)} "{name}" '
+        f"would be stored as {size} bytes",
+        name=name,
+        group=group,
+        kind=plural,
+    )
+
+
+def too_deep(what: str, limit: int) -> ApiError:
+    return ApiError(400, "BadRequest", f"{what} nests more than {limit} levels deep: refused")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
+
+from raven.secretfile import write_secret
 
 
 def render_kubeconfig(server: str, ca_cert: Path, token: str, *, name: str = "raven-lab") -> str:
@@ -27,9 +28,7 @@ def render_kubeconfig(server: str, ca_cert: Path, token: str, *, name: str = "ra
 def write_kubeconfig(
     path: Path, server: str, ca_cert: Path, token: str, *, name: str = "raven-lab"
 ) -> Path:
-    """Write the kubeconfig with mode 0600 (it holds the token) and return its path."""
+    """Write the kubeconfig (it holds the token) with mode 0600, whatever the mode of a file
+    already there, atomically; returns its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(render_kubeconfig(server, ca_cert, token, name=name))
-    return path
+    return write_secret(path, render_kubeconfig(server, ca_cert, token, name=name))

@@ -2,13 +2,22 @@
 Kubernetes strategic merge patch (the subset kubectl label/annotate/patch send for built-ins).
 
 All functions return a new document and never modify their arguments. Malformed patches raise
-:class:`PatchError` with a message naming the offending operation or path.
+:class:`PatchError` with a message naming the offending operation or path; a JSON patch with
+too many operations raises :class:`PatchTooLarge`, and one whose ``copy`` operations would add
+more than :data:`~raven.lab.apiserver.limits.MAX_PATCH_COPY_BYTES` stops with a PatchError
+before it grows the document any further (see :mod:`raven.lab.apiserver.limits`).
 """
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+from raven.lab.apiserver.limits import (
+    MAX_JSON_PATCH_OPERATIONS,
+    MAX_PATCH_COPY_BYTES,
+    encoded_size,
+)
 
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -18,6 +27,10 @@ APPLY = "application/apply-patch+yaml"
 
 class PatchError(ValueError):
     """A patch document that cannot be applied."""
+
+
+class PatchTooLarge(PatchError):
+    """A JSON patch with more operations than kube-apiserver accepts."""
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -33,16 +46,38 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-# Lists that strategic merge patch merges by a key instead of replacing (the ones our kinds have).
-MERGE_KEYS: dict[str, str] = {
-    "conditions": "type",
-    "addresses": "type",
-    "taints": "key",
-    "ownerReferences": "uid",
-    "containers": "name",
-    "volumes": "name",
-    "env": "name",
+# Lists that strategic merge patch merges by a key instead of replacing (the ones our kinds have:
+# Node, Namespace, Lease, DaemonSet's pod template, Service). Where one field name means two
+# lists, the first key the list's items carry decides: a container's ports merge by
+# containerPort, a Service's by port.
+MERGE_KEYS: dict[str, tuple[str, ...]] = {
+    "conditions": ("type",),
+    "addresses": ("type",),
+    "taints": ("key",),
+    "ownerReferences": ("uid",),
+    "containers": ("name",),
+    "initContainers": ("name",),
+    "ephemeralContainers": ("name",),
+    "volumes": ("name",),
+    "env": ("name",),
+    "ports": ("containerPort", "port"),
+    "volumeMounts": ("mountPath",),
+    "volumeDevices": ("devicePath",),
+    "imagePullSecrets": ("name",),
+    "hostAliases": ("ip",),
+    "topologySpreadConstraints": ("topologyKey",),
+    "readinessGates": ("conditionType",),
 }
+
+
+def _merge_key(field: str, current: list[Any], patch: list[Any]) -> str:
+    candidates = MERGE_KEYS[field]
+    for item in [*patch, *current]:
+        if isinstance(item, dict):
+            for key in candidates:
+                if key in item:
+                    return key
+    return candidates[0]
 
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
@@ -75,7 +110,7 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
             else:
                 result[key] = merged
         elif isinstance(value, list) and key in MERGE_KEYS and isinstance(result.get(key), list):
-            result[key] = _merge_list(result[key], value, MERGE_KEYS[key])
+            result[key] = _merge_list(result[key], value, _merge_key(key, result[key], value))
         else:
             result[key] = copy.deepcopy(value)
     return result
@@ -172,10 +207,19 @@ def _remove(doc: Any, path: str) -> Any:
     return doc
 
 
-def json_patch(target: Any, ops: Any) -> Any:
-    """RFC 6902: add, remove, replace, move, copy, test."""
+def json_patch(target: Any, ops: Any, *, max_copy_bytes: int = MAX_PATCH_COPY_BYTES) -> Any:
+    """RFC 6902: add, remove, replace, move, copy, test.
+
+    ``copy`` operations may add at most ``max_copy_bytes`` (JSON-encoded) in all.
+    """
     if not isinstance(ops, list):
         raise PatchError("a JSON patch must be a list of operations")
+    if len(ops) > MAX_JSON_PATCH_OPERATIONS:
+        raise PatchTooLarge(
+            f"The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, "
+            f"got {len(ops)}"
+        )
+    copied = 0
     doc = copy.deepcopy(target)
     for n, op in enumerate(ops):
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
@@ -197,7 +241,15 @@ def json_patch(target: Any, ops: Any) -> Any:
         elif kind in ("move", "copy"):
             if "from" not in op:
                 raise PatchError(f"operation {n} ({kind}) needs 'from'")
-            value = copy.deepcopy(_get(doc, op["from"]))
+            source = _get(doc, op["from"])
+            if kind == "copy":
+                copied += encoded_size(source)
+                if copied > max_copy_bytes:
+                    raise PatchError(
+                        f"Unable to complete the copy, the accumulated size increase of copy is "
+                        f"{copied}, exceeding the limit {max_copy_bytes}"
+                    )
+            value = copy.deepcopy(source)
             if kind == "move":
                 doc = _remove(doc, op["from"])
             doc = _add(doc, path, value)

@@ -3,14 +3,13 @@
 The lab makes its own CA on every ``up`` and signs one serving certificate for the addresses the
 API server answers on, plus any extra serving certificates asked for at the same time (the lab's
 cache proxies serve 127.0.0.1 with one). The CA key is never written. Private keys and the token
-are written with mode 0600.
+are written with mode 0600 whatever was there before (:func:`raven.secretfile.write_secret`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from raven.secretfile import write_secret
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,6 @@ class Pki:
         """(certificate, key) of the extra serving certificate ``name`` (see ``make_pki``)."""
         directory = self.ca_cert.parent
         return directory / f"{name}.crt", directory / f"{name}.key"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
 
 
 def _name(cn: str) -> x509.Name:
@@ -161,13 +155,13 @@ def make_pki(
         ca_key, ca_cert, "raven-lab-apiserver", hosts, not_before, not_after
     )
     pki.server_cert.write_bytes(cert_pem)
-    _write_private(pki.server_key, key_pem)
+    write_secret(pki.server_key, key_pem)
     for name, extra_hosts in (extra or {}).items():
         cert_pem, key_pem = _serving_pair(
             ca_key, ca_cert, f"raven-lab-{name}", extra_hosts, not_before, not_after
         )
         cert_path, key_path = pki.extra_pair(name)
         cert_path.write_bytes(cert_pem)
-        _write_private(key_path, key_pem)
-    _write_private(pki.token_file, (secrets.token_urlsafe(32) + "\n").encode())
+        write_secret(key_path, key_pem)
+    write_secret(pki.token_file, (secrets.token_urlsafe(32) + "\n").encode())
     return pki

@@ -4,6 +4,11 @@
 ``application/vnd.kubernetes.protobuf`` and cannot be told otherwise. This decodes the envelope
 and the object's metadata (name, generateName, namespace, labels, annotations); a body with
 anything else (a spec or status we would have to understand) is refused rather than guessed at.
+
+The exceptions are the requests kubectl's ``auth can-i``, ``auth whoami`` and ``create token``
+send, whose specs are small and fixed: SelfSubjectAccessReview, SelfSubjectRulesReview,
+SelfSubjectReview and TokenRequest (their field numbers are those of Kubernetes'
+``generated.proto``; a status sent with them is ignored, as the server computes it).
 """
 
 from __future__ import annotations
@@ -100,6 +105,71 @@ def _metadata(data: bytes) -> dict[str, Any]:
     return meta
 
 
+Schema = dict[int, tuple[str, Any]]  # field number -> (JSON name, "string"|"strings"|"int"|Schema)
+
+_RESOURCE_ATTRIBUTES: Schema = {
+    1: ("namespace", "string"),
+    2: ("verb", "string"),
+    3: ("group", "string"),
+    4: ("version", "string"),
+    5: ("resource", "string"),
+    6: ("subresource", "string"),
+    7: ("name", "string"),
+}
+_NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", "string"), 2: ("verb", "string")}
+_BOUND_OBJECT: Schema = {
+    1: ("kind", "string"),
+    2: ("apiVersion", "string"),
+    3: ("name", "string"),
+    4: ("uid", "string"),
+}
+# (apiVersion, kind) -> (field number of spec or None, its schema); other fields but metadata
+# (the status) are ignored for these kinds.
+_REVIEWS: dict[tuple[str, str], tuple[int | None, Schema]] = {
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): (
+        2,
+        {
+            1: ("resourceAttributes", _RESOURCE_ATTRIBUTES),
+            2: ("nonResourceAttributes", _NON_RESOURCE_ATTRIBUTES),
+        },
+    ),
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): (2, {1: ("namespace", "string")}),
+    ("authentication.k8s.io/v1", "SelfSubjectReview"): (None, {}),
+    ("authentication.k8s.io/v1", "TokenRequest"): (
+        2,
+        {
+            1: ("audiences", "strings"),
+            3: ("boundObjectRef", _BOUND_OBJECT),
+            4: ("expirationSeconds", "int"),
+        },
+    ),
+}
+
+
+def _message(data: bytes, schema: Schema, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for number, value in _fields(data):
+        if number not in schema:
+            if _empty(value):
+                continue
+            raise ProtobufError(f"{where} field {number} is not supported in protobuf bodies")
+        name, kind = schema[number]
+        if kind == "string":
+            out[name] = _text(value)
+        elif kind == "strings":
+            out.setdefault(name, []).append(_text(value))
+        elif kind == "int":
+            if not isinstance(value, int):
+                raise ProtobufError(f"{where}.{name} must be an integer")
+            out[name] = value - (1 << 64) if value >= 1 << 63 else value
+        elif isinstance(value, bytes):
+            if not _empty(value):
+                out[name] = _message(value, kind, f"{where}.{name}")
+        else:
+            raise ProtobufError(f"{where}.{name} must be a message")
+    return out
+
+
 def decode(body: bytes) -> dict[str, Any]:
     """The JSON form of a protobuf-encoded object holding only metadata (and empty spec/status)."""
     if not body.startswith(MAGIC):
@@ -115,9 +185,15 @@ def decode(body: bytes) -> dict[str, Any]:
         obj["apiVersion"] = _text(type_meta[1])
     if 2 in type_meta:
         obj["kind"] = _text(type_meta[2])
+    review = _REVIEWS.get((obj.get("apiVersion", ""), obj.get("kind", "")))
     for number, value in _fields(raw):
         if number == 1 and isinstance(value, bytes):
             obj["metadata"] = _metadata(value)
+        elif review is not None:
+            spec_field, schema = review
+            if number == spec_field and isinstance(value, bytes):
+                obj["spec"] = _message(value, schema, "spec")
+            # anything else is the status, which the server fills in itself
         elif _empty(value):
             continue  # an empty spec or status
         else:

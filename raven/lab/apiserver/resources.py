@@ -14,6 +14,18 @@ from raven.lab.apiserver import errors
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 CRD_GROUP = "apiextensions.k8s.io"
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+@dataclass(frozen=True)
+class Subresource:
+    """A subresource other than ``status``, served by the API itself (e.g. TokenRequest)."""
+
+    name: str
+    verbs: tuple[str, ...]
+    group: str = ""
+    version: str = ""
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,10 @@ class ResourceType:
     extra_fields: tuple[str, ...] = ()
     # The CRD's openAPIV3Schema for this version (custom resources only).
     schema: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    verbs: tuple[str, ...] = VERBS
+    subresources: tuple[Subresource, ...] = ()
+    # Reviews (access, rules, self): answered from the request, never stored.
+    virtual: bool = False
 
     @property
     def api_version(self) -> str:
@@ -112,6 +128,87 @@ BUILTINS: tuple[ResourceType, ...] = (
     ),
     ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
     ResourceType(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        True,
+        ("sa",),
+        subresources=(
+            Subresource("token", ("create",), "authentication.k8s.io", "v1", "TokenRequest"),
+        ),
+    ),
+    ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",)),
+    ResourceType("", "v1", "secrets", "secret", "Secret", True, extra_fields=("type",)),
+    ResourceType(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        True,
+        ("svc",),
+        status_subresource=True,
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        True,
+        ("ds",),
+        status_subresource=True,
+        categories=("all",),
+    ),
+    ResourceType(RBAC_GROUP, "v1", "roles", "role", "Role", True),
+    ResourceType(RBAC_GROUP, "v1", "clusterroles", "clusterrole", "ClusterRole", False),
+    ResourceType(RBAC_GROUP, "v1", "rolebindings", "rolebinding", "RoleBinding", True),
+    ResourceType(
+        RBAC_GROUP, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", False
+    ),
+    ResourceType(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "priorityclass",
+        "PriorityClass",
+        False,
+        ("pc",),
+    ),
+    ResourceType(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        False,
+        verbs=("create",),
+        virtual=True,
+    ),
+    ResourceType(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        False,
+        verbs=("create",),
+        virtual=True,
+    ),
+    ResourceType(
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        False,
+        verbs=("create",),
+        virtual=True,
+    ),
+    ResourceType(
         CRD_GROUP,
         "v1",
         "customresourcedefinitions",
@@ -124,8 +221,15 @@ BUILTINS: tuple[ResourceType, ...] = (
     ),
 )
 
-CRD_TYPE = BUILTINS[-1]
-NAMESPACE_TYPE = BUILTINS[1]
+CRD_TYPE = next(t for t in BUILTINS if t.plural == "customresourcedefinitions")
+NAMESPACE_TYPE = next(t for t in BUILTINS if t.plural == "namespaces")
+EVENT_TYPE = next(t for t in BUILTINS if t.plural == "events")
+SERVICE_ACCOUNT_TYPE = next(t for t in BUILTINS if t.plural == "serviceaccounts")
+
+
+def builtin(group: str, plural: str) -> ResourceType:
+    """The built-in type serving ``plural`` in ``group`` ("" for the core group)."""
+    return next(t for t in BUILTINS if t.group == group and t.plural == plural)
 
 
 def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:

@@ -5,6 +5,10 @@ that stores the object and the new resourceVersion together, so a crash leaves e
 the new state and the counter never goes back. The event history (the last ``history`` writes)
 is kept in memory only; after a restart, watches can resume from the current version onwards.
 
+An object may be written with a time to live (etcd's leases; kube-apiserver gives Events one):
+its expiry is stored with it, each write starts the time again, and :meth:`Store.expire` deletes
+what has expired, with DELETED events like any delete.
+
 The store knows nothing of Kubernetes kinds beyond ``metadata.resourceVersion``; all its methods
 must be called from one thread (the server's event loop).
 """
@@ -16,6 +20,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ class Event:
     name: str
     obj: dict[str, Any]  # the object after the write (for DELETED: as deleted, at the new rv)
     old: dict[str, Any] | None  # the object before the write
+    size: int = 0  # bytes of the object as stored (JSON), what holding the event costs
 
 
 class TooOld(Exception):
@@ -66,8 +72,19 @@ def _copy(obj: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(obj))
 
 
+def _size(obj: dict[str, Any]) -> int:
+    return len(json.dumps(obj, separators=(",", ":")))
+
+
 class Store:
-    def __init__(self, path: Path | None, *, history: int = 1000) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        history: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock`` (wall-clock seconds, as expiry times outlive the process) is for tests."""
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
         self._lock_fd: int | None = None
@@ -82,13 +99,20 @@ class Store:
                 " data TEXT NOT NULL, PRIMARY KEY (resource, namespace, name))"
             )
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
+            if "expires" not in columns:  # a store written before objects could expire
+                self._db.execute("ALTER TABLE objects ADD COLUMN expires REAL")
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         self._rv = int(row[0]) if row else 0
+        self._clock = clock
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for resource, namespace, name, data in self._db.execute(
-            "SELECT resource, namespace, name, data FROM objects"
+        self._expires: dict[tuple[str, str, str], float] = {}
+        for resource, namespace, name, data, expires in self._db.execute(
+            "SELECT resource, namespace, name, data, expires FROM objects"
         ):
             self._objects[(resource, namespace, name)] = json.loads(data)
+            if expires is not None:
+                self._expires[(resource, namespace, name)] = float(expires)
         self._history: deque[Event] = deque(maxlen=history)
         # Watches may start from any version >= floor; older ones were never or no longer kept.
         self._floor = self._rv
@@ -125,22 +149,41 @@ class Store:
     def namespaces_in_use(self, namespace: str) -> builtins.list[tuple[str, str]]:
         return sorted((k[0], k[2]) for k in self._objects if k[1] == namespace)
 
-    def put(self, resource: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace; stamps and returns the object with its new resourceVersion."""
+    def put(
+        self,
+        resource: str,
+        namespace: str,
+        name: str,
+        obj: dict[str, Any],
+        *,
+        ttl: float | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace; stamps and returns the object with its new resourceVersion.
+
+        With ``ttl`` the object expires ``ttl`` seconds after this write (see :meth:`expire`).
+        """
         key = (resource, namespace, name)
         old = self._objects.get(key)
         new = _copy(obj)
         rv = self._rv + 1
         new.setdefault("metadata", {})["resourceVersion"] = str(rv)
+        data = json.dumps(new, separators=(",", ":"))
+        expires = self._clock() + ttl if ttl is not None else None
         with self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)",
-                (resource, namespace, name, json.dumps(new, separators=(",", ":"))),
+                "INSERT OR REPLACE INTO objects (resource, namespace, name, data, expires)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (resource, namespace, name, data, expires),
             )
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rv', ?)", (str(rv),))
         self._rv = rv
         self._objects[key] = new
-        self._emit(Event(rv, "MODIFIED" if old else "ADDED", resource, namespace, name, new, old))
+        if expires is None:
+            self._expires.pop(key, None)
+        else:
+            self._expires[key] = expires
+        kind = "MODIFIED" if old else "ADDED"
+        self._emit(Event(rv, kind, resource, namespace, name, new, old, len(data)))
         return _copy(new)
 
     def delete(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -154,10 +197,19 @@ class Store:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rv', ?)", (str(rv),))
         self._rv = rv
         del self._objects[key]
+        self._expires.pop(key, None)
         gone = _copy(old)
         gone["metadata"]["resourceVersion"] = str(rv)
-        self._emit(Event(rv, "DELETED", resource, namespace, name, gone, old))
+        self._emit(Event(rv, "DELETED", resource, namespace, name, gone, old, _size(gone)))
         return _copy(gone)
+
+    def expire(self) -> int:
+        """Delete every object whose time to live has run out; returns how many."""
+        now = self._clock()
+        due = sorted(k for k, at in self._expires.items() if at <= now)
+        for resource, namespace, name in due:
+            self.delete(resource, namespace, name)
+        return len(due)
 
     def _emit(self, event: Event) -> None:
         if len(self._history) == self._history.maxlen:

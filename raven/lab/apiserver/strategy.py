@@ -15,7 +15,7 @@ import secrets
 import uuid
 from typing import Any
 
-from raven.lab.apiserver import errors
+from raven.lab.apiserver import errors, kinds
 from raven.lab.apiserver.resources import ResourceType
 from raven.lab.apiserver.schema import prune, schema_problems
 from raven.lab.apiserver.validation import crd_problems, metadata_problems
@@ -62,8 +62,10 @@ def _prune(rtype: ResourceType, obj: dict[str, Any], *, strict: bool) -> None:
         )
 
 
-def _validate(rtype: ResourceType, obj: dict[str, Any]) -> None:
+def _validate(rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
     problems = metadata_problems(rtype, obj["metadata"])
+    if not rtype.custom:
+        problems += kinds.problems(rtype.group, rtype.plural, obj, old)
     if rtype.plural == "customresourcedefinitions" and rtype.group == "apiextensions.k8s.io":
         problems += crd_problems(obj)
     if rtype.custom and rtype.schema:
@@ -166,8 +168,10 @@ def prepare_create(
     meta["uid"] = str(uuid.uuid4())
     meta["creationTimestamp"] = now_rfc3339()
     meta["generation"] = 1
-    if rtype.custom and rtype.status_subresource:
-        obj.pop("status", None)
+    if rtype.status_subresource and (rtype.custom or rtype.plural in ("services", "daemonsets")):
+        obj.pop("status", None)  # their status starts empty, whatever the request said
+    if not rtype.custom:
+        kinds.apply_defaults(rtype.group, rtype.plural, obj)
     if not rtype.custom and rtype.plural in ("nodes", "leases", "namespaces"):
         # Go structs always serialize spec (and node status), so clients may patch into them.
         obj.setdefault("spec", {})
@@ -232,10 +236,12 @@ def prepare_update(
             else:
                 meta.pop(key, None)
     _go_defaults(rtype, new)
+    if not rtype.custom and subresource != "status":
+        kinds.apply_defaults(rtype.group, rtype.plural, new)
     ignored = ("metadata", "status") if rtype.status_subresource else ("metadata",)
     if _without(new, ignored) != _without(old, ignored):
         new["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
-    _validate(rtype, new)
+    _validate(rtype, new, old)
     if rtype.plural == "customresourcedefinitions" and rtype.group:
         new["status"] = crd_status(new, old.get("status"))
     return new

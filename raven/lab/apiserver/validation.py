@@ -9,7 +9,16 @@ from raven.lab.apiserver.resources import ResourceType
 
 Problems = list[tuple[str, str]]
 
-BUILTIN_GROUPS = ("apiextensions.k8s.io", "coordination.k8s.io", "meta.k8s.io")
+BUILTIN_GROUPS = (
+    "apiextensions.k8s.io",
+    "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "coordination.k8s.io",
+    "meta.k8s.io",
+    "rbac.authorization.k8s.io",
+    "scheduling.k8s.io",
+)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -48,13 +57,25 @@ def qualified_key(key: str) -> str | None:
     return None
 
 
+def path_segment(value: str) -> str | None:
+    """RBAC objects may have any name that is one URL path segment (``system:discovery``)."""
+    if value in (".", "..") or "/" in value or "%" in value:
+        return f"Invalid value: {value!r}: may not be '.' or '..' and may not contain '/' or '%'"
+    return None
+
+
 def metadata_problems(rtype: ResourceType, meta: dict[str, Any]) -> Problems:
     problems: Problems = []
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         problems.append(("metadata.name", "Required value: name or generateName is required"))
     else:
-        check = dns_label if rtype.plural == "namespaces" else dns_subdomain
+        if rtype.plural == "namespaces":
+            check = dns_label
+        elif rtype.group == "rbac.authorization.k8s.io" and not rtype.custom:
+            check = path_segment
+        else:
+            check = dns_subdomain
         if (msg := check(name)) is not None:
             problems.append(("metadata.name", msg))
     labels = meta.get("labels") or {}

@@ -4,6 +4,13 @@ Subscribing and reading the replay happen in one synchronous step on the store's
 write can fall between them: a watch started from a list's resourceVersion sees every later
 write exactly once. When a write makes an object start or stop matching the selectors the watch
 reports ADDED or DELETED, as kube-apiserver does.
+
+Live events wait in a bounded queue until the client takes them: at most ``max_events`` events
+and ``max_bytes`` bytes of objects. A watcher that falls further behind (a stopped client that
+no longer reads) is closed, as kube-apiserver's cacher closes a watcher whose buffer stays full:
+the stream stops listening at once, drops what it held and ends, and the client resumes with a
+new watch from the last resourceVersion it saw (or relists after 410). The replay and the
+initial ADDED events are not counted: they are bounded by the history and the store.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ WatchEvent = tuple[str, dict[str, Any]]
 
 # Seconds between checks that an idle watch's client is still connected.
 ALIVE_POLL = 5.0
+# kube-apiserver's largest watch buffer is 1000 events (maxWatchChanSizeWithIndexWithoutTrigger).
+MAX_QUEUED_EVENTS = 1000
+# Bytes of (JSON) objects one watcher may hold: ten of the largest objects the store accepts.
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
 
 
 class WatchStream:
@@ -31,34 +42,78 @@ class WatchStream:
         match: Matcher,
         since: int | None,
         bookmark: Callable[[int], dict[str, Any]] | None = None,
+        max_events: int = MAX_QUEUED_EVENTS,
+        max_bytes: int = MAX_QUEUED_BYTES,
+        on_overflow: Callable[[], None] | None = None,
     ) -> None:
         """``since=None`` sends the current objects first; otherwise events after ``since``.
 
         Raises :class:`raven.lab.apiserver.store.TooOld` when ``since`` is older than the history.
         ``bookmark`` builds a BOOKMARK object for a version (None: no bookmarks).
+        ``on_overflow`` is called once if the stream is closed for falling behind.
         """
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("a watch queue needs room for at least one event")
         self._store = store
         self._namespace = namespace
         self._match = match
         self._bookmark = bookmark
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._on_overflow = on_overflow
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._pending: list[WatchEvent] = []
+        self._queued_bytes = 0
+        self._closed = False
+        self.overflowed = False
+        self._pending: list[WatchEvent | Event] = []
         if since is None:
             self._last = store.rv
             for obj in store.list(resource, namespace):
                 if match(obj):
                     self._pending.append(("ADDED", obj))
         else:
-            replay = store.events_since(resource, since)
+            self._pending.extend(store.events_since(resource, since))
             self._last = since
-            for event in replay:
-                self._queue.put_nowait(event)
-        self._unsubscribe = store.subscribe(resource, self._queue.put_nowait)
+        self._unsubscribe = store.subscribe(resource, self._offer)
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """(events, bytes) of live events waiting for the client."""
+        if self._closed:
+            return 0, 0
+        return self._queue.qsize(), self._queued_bytes
+
+    def _offer(self, event: Event) -> None:
+        if self._closed:
+            return
+        if (
+            self._queue.qsize() >= self._max_events
+            or self._queued_bytes + event.size > self._max_bytes
+        ):
+            self._overflow()
+            return
+        self._queued_bytes += event.size
+        self._queue.put_nowait(event)
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._drop()
+        if self._on_overflow is not None:
+            self._on_overflow()
+
+    def _drop(self) -> None:
+        self._closed = True
+        self._unsubscribe()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queued_bytes = 0
+        self._pending = []
+        self._queue.put_nowait(None)
 
     def close(self) -> None:
         """End the stream (server shutdown); safe to call more than once."""
-        self._unsubscribe()
-        self._queue.put_nowait(None)
+        if not self._closed:
+            self._drop()
 
     def _translate(self, event: Event) -> WatchEvent | None:
         if self._namespace is not None and event.namespace != self._namespace:
@@ -92,9 +147,17 @@ class WatchStream:
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + first_bookmark
         try:
-            for item in self._pending:
-                yield item
-            self._pending = []
+            pending, self._pending = self._pending, []
+            for item in pending:
+                if self._closed:
+                    return
+                if isinstance(item, Event):
+                    self._last = max(self._last, item.rv)
+                    translated = self._translate(item)
+                    if translated is not None:
+                        yield translated
+                else:
+                    yield item
             while True:
                 now = loop.time()
                 if now >= deadline:
@@ -117,6 +180,7 @@ class WatchStream:
                     continue
                 if event is None:
                     return
+                self._queued_bytes -= event.size
                 self._last = max(self._last, event.rv)
                 translated = self._translate(event)
                 if translated is not None:

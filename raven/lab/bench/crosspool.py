@@ -37,6 +37,7 @@ from raven.lab import engine, matrix
 from raven.lab import netns as lab_netns
 from raven.lab.state import LabState
 from raven.lab.topology import Lab, Pod, host_if_name
+from raven.secretfile import write_secret
 
 KUBECTL = "/usr/bin/kubectl"
 WG_RUN_DIR = Path("/var/run/wireguard")
@@ -324,8 +325,7 @@ class HandChain:
             raise BenchError(f"WireGuard socket {sock} exists: interface name {name} is in use")
         assert self.keydir is not None
         key = self.keydir / short
-        key.write_text(_sh("wg", "genkey"))
-        key.chmod(0o600)
+        write_secret(key, _sh("wg", "genkey"))
         # -f keeps wireguard-go in the foreground, so the PID we hold is the one to stop. Its
         # own session, like Raven's (each agent's wireguard-go lives in that agent's session):
         # with sched_autogroup the scheduler shares CPU per session, so sharing ours with

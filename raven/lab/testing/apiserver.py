@@ -3,22 +3,33 @@
 The server runs on loopback in a background thread with its own event loop. The handle gives the
 URL, token, CA certificate and a kubeconfig (for kubectl and the ``kubernetes`` client), and can
 ``restart()`` the server on the same port and state directory to test persistence.
+
+The admin kubeconfig may do anything (group ``system:masters``); to act as a ServiceAccount,
+``create_token()`` or ``service_account_kubeconfig()``. Every request is in the audit log
+(``audit_events()``), and ``rule_usage(role, user)`` compares what a user did with what a Role or
+ClusterRole grants.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client as k8s_client
 
+from raven.lab.apiserver.api import DEFAULT_EVENT_TTL
+from raven.lab.apiserver.audit import RuleUsage, read_audit_log, rule_usage
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
 from raven.lab.apiserver.pki import Pki, make_pki
 from raven.lab.apiserver.server import ApiServer, ServerConfig
+from raven.lab.apiserver.serviceaccounts import request_token, write_service_account_kubeconfig
+from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS
 
 
 @dataclass
@@ -30,6 +41,10 @@ class ApiServerHandle:
     pki: Pki
     kubeconfig: Path
     bookmark_interval: float = 5.0
+    event_ttl: float = DEFAULT_EVENT_TTL
+    watch_queue_events: int = MAX_QUEUED_EVENTS
+    watch_queue_bytes: int = MAX_QUEUED_BYTES
+    audit_log: Path | None = None
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _server: ApiServer | None = field(default=None, repr=False)
@@ -50,6 +65,11 @@ class ApiServerHandle:
     def running(self) -> bool:
         return self._server is not None
 
+    @property
+    def open_watches(self) -> int:
+        """Watch streams the server is serving right now."""
+        return self._server.open_watches if self._server is not None else 0
+
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the API server is already running")
@@ -62,6 +82,10 @@ class ApiServerHandle:
             token=self.token,
             history=self.history,
             bookmark_interval=self.bookmark_interval,
+            event_ttl=self.event_ttl,
+            watch_queue_events=self.watch_queue_events,
+            watch_queue_bytes=self.watch_queue_bytes,
+            audit_log=self.audit_log,
         )
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -95,6 +119,64 @@ class ApiServerHandle:
         self.port = server_box[0].port
         write_kubeconfig(self.kubeconfig, self.url, self.ca_cert, self.token)
 
+    # -- acting as a ServiceAccount, and what everyone did ------------------------------------
+
+    def create_token(
+        self, namespace: str, name: str, *, seconds: int = 3600, audiences: Sequence[str] = ()
+    ) -> str:
+        """A token for ServiceAccount ``namespace/name`` (``kubectl create token``)."""
+        return request_token(
+            self.url,
+            self.ca_cert,
+            self.token,
+            namespace,
+            name,
+            seconds=seconds,
+            audiences=audiences,
+        )
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: Path | None = None, *, seconds: int = 3600
+    ) -> Path:
+        """A kubeconfig acting as ServiceAccount ``namespace/name`` (default path: beside the
+        admin kubeconfig, ``<namespace>-<name>.kubeconfig``)."""
+        token = self.create_token(namespace, name, seconds=seconds)
+        path = path or self.kubeconfig.with_name(f"{namespace}-{name}.kubeconfig")
+        return write_service_account_kubeconfig(
+            path, self.url, self.ca_cert, token, namespace=namespace, name=name
+        )
+
+    def kubectl(
+        self, *args: str, kubeconfig: Path | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this server (the admin's kubeconfig unless another is given)."""
+        cache = self.state_dir / "kubectl-cache"
+        return subprocess.run(
+            [
+                "kubectl",
+                "--kubeconfig",
+                str(kubeconfig or self.kubeconfig),
+                "--cache-dir",
+                str(cache),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=60,
+        )
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit event so far (``audit.k8s.io/v1`` Events, oldest first)."""
+        if self.audit_log is None or not self.audit_log.exists():
+            return []
+        return read_audit_log(self.audit_log)
+
+    def rule_usage(self, role: Mapping[str, Any], user: str) -> RuleUsage:
+        """Which of ``role``'s permissions ``user`` never used, and which of its requests were
+        refused, per the audit log so far."""
+        return rule_usage(self.audit_events(), role, user=user)
+
     def stop(self) -> None:
         if self._server is None or self._loop is None or self._thread is None:
             return
@@ -120,8 +202,17 @@ def run_apiserver(
     port: int = 0,
     history: int = 1000,
     bookmark_interval: float = 5.0,
+    event_ttl: float = DEFAULT_EVENT_TTL,
+    watch_queue_events: int = MAX_QUEUED_EVENTS,
+    watch_queue_bytes: int = MAX_QUEUED_BYTES,
+    audit_log: Path | None | bool = True,
 ) -> Iterator[ApiServerHandle]:
-    """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``."""
+    """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``.
+
+    The keywords are :class:`raven.lab.apiserver.server.ServerConfig`'s (the bounds on slow
+    watchers, the Events' time to live); ``audit_log`` is a path, True (``state_dir/audit.log``)
+    or False (none).
+    """
     state_dir = Path(state_dir)
     pki_dir = state_dir / "pki"
     if (pki_dir / "ca.crt").exists() and (pki_dir / "token").exists():
@@ -138,6 +229,10 @@ def run_apiserver(
         pki=pki,
         kubeconfig=state_dir / "kubeconfig",
         bookmark_interval=bookmark_interval,
+        event_ttl=event_ttl,
+        watch_queue_events=watch_queue_events,
+        watch_queue_bytes=watch_queue_bytes,
+        audit_log=state_dir / "audit.log" if audit_log is True else audit_log or None,
     )
     handle.start()
     try:
