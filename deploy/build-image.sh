@@ -41,8 +41,15 @@ mkdir "$CTX/deps" "$CTX/raven"
 mv "$CTX"/deps/raven-*.whl "$CTX/raven/"
 cp "$HERE/Dockerfile" "$CTX/"
 # --network host: the build's apt reaches the mirror the host reaches, and the daemon needs no
-# bridge or NAT of its own.
-$DOCKER build -q --network host --build-arg "BASE=$BASE" -t "$TAG" "$CTX" >"$CTX/build.log" 2>&1 ||
-    { tail -30 "$CTX/build.log" >&2; exit 1; }
+# bridge or NAT of its own. The build stage gets a tag of its own: it is the layer cache of the
+# next build, and what a newer build leaves untagged can go.
+build() {
+    $DOCKER build -q --network host --build-arg "BASE=$BASE" "$@" "$CTX" >"$CTX/build.log" 2>&1 ||
+        { tail -30 "$CTX/build.log" >&2; exit 1; }
+}
+build --target build -t "${TAG%%:*}-build:${TAG#*:}"
+build -t "$TAG"
+# Earlier builds of Raven's image that no tag names any more (never anyone else's images).
+$DOCKER image prune -f --filter label=io.raven.image >/dev/null
 size=$($DOCKER image inspect -f '{{.Size}}' "$TAG")
 echo "built $TAG from $BASE in $(($(date +%s) - start)) s: $((size / 1000000)) MB"
