@@ -8,7 +8,6 @@ names, ports, settings and API calls the code uses, so a rename on either side f
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,11 @@ from raven.cacheproxy.server import DEFAULT_PORT as PROXY_PORT
 from raven.kube.resources import GATEWAYS, NODES, leases
 from raven.lab.engine import CRD_DIR
 from raven.names import POOL_LABEL
+from tests.manifests import DEPLOY, NAMESPACE, Obj, from_files, from_kubectl, one, pod_spec
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-NAMESPACE = "raven-system"
 # Settings the ConfigMap already carries for the agent's health server and structured logs
 # (deploy/monitoring/README.md), which AgentSettings does not read yet and ignores meanwhile.
 ANNOUNCED_SETTINGS = {"RAVEN_HEALTH_PORT", "RAVEN_LOG_FORMAT"}
-
-Obj = dict[str, Any]
-
-
-def from_files(folder: Path) -> list[Obj]:
-    """The objects of the resources a kustomization lists, in order, without kustomize."""
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    objs: list[Obj] = []
-    for resource in kustomization["resources"]:
-        objs += [d for d in yaml.safe_load_all((folder / resource).read_text()) if d]
-    return objs
-
-
-def from_kubectl(folder: Path) -> list[Obj]:
-    proc = subprocess.run(
-        ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, f"kubectl kustomize {folder} failed: {proc.stderr}"
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 RENDERERS = [
@@ -66,23 +45,6 @@ def render(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def objs(render: Any) -> list[Obj]:
     return render(DEPLOY)
-
-
-def one(objs: list[Obj], kind: str, name: str, namespace: str | None = None) -> Obj:
-    found = [
-        o
-        for o in objs
-        if o["kind"] == kind
-        and o["metadata"]["name"] == name
-        and o["metadata"].get("namespace") == namespace
-    ]
-    assert len(found) == 1, f"{kind} {namespace}/{name}: {len(found)} objects"
-    return found[0]
-
-
-def pod_spec(objs: list[Obj]) -> Obj:
-    spec: Obj = one(objs, "DaemonSet", "raven", NAMESPACE)["spec"]["template"]["spec"]
-    return spec
 
 
 def container(spec: Obj, name: str) -> Obj:
