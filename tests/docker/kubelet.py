@@ -85,6 +85,9 @@ class Pod:
     node: str
     root: Path
     name: str = ""
+    # What the kubelet probes when a probe names no host: the pod's IP, for a hostNetwork pod
+    # its node's address (loopback stands for this host's).
+    pod_ip: str = "127.0.0.1"
     sandbox: str = ""
     containers: dict[str, str] = field(default_factory=dict)  # name -> docker container name
 
@@ -268,7 +271,7 @@ class Pod:
         if isinstance(port, str):
             port = {p["name"]: p["containerPort"] for p in c.get("ports", [])}[port]
         scheme = get.get("scheme", "HTTP").lower()
-        url = f"{scheme}://{get.get('host', '127.0.0.1')}:{port}{get['path']}"
+        url = f"{scheme}://{get.get('host', self.pod_ip)}:{port}{get['path']}"
         timeout = c[kind].get("timeoutSeconds", 1)
         return http_get_in_netns(self.netns_pid, url, timeout=timeout)
 

@@ -116,8 +116,9 @@ def lab_pods(
             root = roots / node.name
             root.mkdir()
             pod = Pod(
-                docker, placeholder, NAMESPACE, spec, node.name, root, name=f"{prefix}-{node.name}"
-            )
+                docker, placeholder, NAMESPACE, spec, node.name, root,
+                name=f"{prefix}-{node.name}", pod_ip=str(node.ip),
+            )  # fmt: skip
             lp.pods[node.name] = pod
             pod.start_sandbox(network="none")
         engine.up(
