@@ -4,9 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := iproute2 iptables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping \
 	procps kmod openssl python3-venv ca-certificates conntrack
+# The image and the container tests: a Docker engine (started for them when none runs, see
+# raven/lab/dockerd.py) and debootstrap for a base image made without any registry.
+DOCKER_PACKAGES := docker.io debootstrap
 STAMP := $(VENV)/.raven-installed
 
-.PHONY: setup lab lab-down test test-unit lint clean
+.PHONY: setup docker-setup image lab lab-down test test-unit lint clean
 
 setup: $(STAMP)
 
@@ -21,13 +24,23 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+docker-setup:
+	@if ! dpkg -s $(DOCKER_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(DOCKER_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DOCKER_PACKAGES) >/dev/null; \
+	fi
+
+# Builds raven:<version> (deploy/Dockerfile) on a base made here with debootstrap; prints its size.
+image: setup docker-setup
+	$(VENV)/bin/python -m raven.lab.dockerd run -- deploy/build-image.sh
+
 lab: setup
 	$(VENV)/bin/raven lab up
 
 lab-down: setup
 	$(VENV)/bin/raven lab down
 
-test: lint
+test: lint docker-setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup

@@ -217,7 +217,9 @@ def agents(
     _require_nodes(lab, nodes or [])
     if action in ("start", "restart") and (why := engine.agent_problem()):
         _fail(f"cannot start agents: {why}", 1)
-    names = nodes or [n.name for n in lab.nodes]
+    # Every node by default, except those whose processes a pod runs (engine.up's node_netns).
+    external = set(st.info.get("external_nodes", []))
+    names = nodes or [n.name for n in lab.nodes if n.name not in external]
     for name in names:
         if action in ("stop", "restart"):
             lab_agents.stop(st, name)

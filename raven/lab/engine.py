@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from raven.lab.topology import (
     POD_INNER_IF,
     UPLINK_IF,
     Lab,
+    Node,
     host_if_name,
     load_topology_file,
     parse_topology,
@@ -134,12 +136,24 @@ def up(
     *,
     agents: bool,
     apiserver: bool = True,
+    node_netns: Mapping[str, int] | None = None,
     log: Any = print,
 ) -> UpResult:
-    """Build the lab. Refuses (creating nothing) on a bad topology, a running lab or no agent."""
+    """Build the lab. Refuses (creating nothing) on a bad topology, a running lab or no agent.
+
+    ``node_netns`` maps node names to a process whose network namespace is that node's (the
+    sandbox of a pod run under a container engine, see tests/docker): the lab names that
+    namespace as the node's instead of making one, wires it like any node, and starts neither
+    cache proxy nor agent there, since the pod runs its own.
+    """
     t0 = time.monotonic()
     spec = load_topology_file(topology_file or DEFAULT_TOPOLOGY)
     lab = resolve(spec, settings.prefix)
+    external = dict(node_netns or {})
+    if unknown := sorted(set(external) - {n.name for n in lab.nodes}):
+        raise LabError(f"node_netns names nodes the topology does not have: {unknown}")
+    if gone := sorted(n for n, pid in external.items() if not Path(f"/proc/{pid}/ns/net").exists()):
+        raise LabError(f"node_netns: the processes of {gone} are not running")
     if agents and (why := agent_problem()):
         raise LabError(
             f"cannot start agents: {why}. Run `raven lab up --no-agents` to build the "
@@ -164,9 +178,10 @@ def up(
     )
     # the resolved topology travels with the state, so `status` does not depend on the file
     st.info["spec"] = spec.model_dump(mode="json", by_alias=True)
+    st.info["external_nodes"] = sorted(external)
     st.save()
     try:
-        _build_network(lab, st)
+        _build_network(lab, st, external)
         result = UpResult(lab=lab, kubeconfig=None, api_url=None, seconds=0.0)
         if apiserver:
             _start_apiserver(lab, st, state_dir, settings, result)
@@ -188,10 +203,14 @@ def up(
     return result
 
 
-def _build_network(lab: Lab, st: LabState) -> None:
+def _build_network(lab: Lab, st: LabState, external: Mapping[str, int]) -> None:
+    pids = {n.netns: external[n.name] for n in lab.nodes if n.name in external}
     for ns in lab.all_netns():
         st.add("netns", name=ns)  # recorded first: a crash between the two still gets swept
-        netns.create_netns(ns)
+        if ns in pids:
+            netns.attach_netns(ns, pids[ns])
+        else:
+            netns.create_netns(ns)
 
     # The Internet segment: a bridge in its own namespace; the API server plugs into it.
     netns.add_bridge(lab.inet_netns, BRIDGE_IF)
@@ -341,19 +360,31 @@ def _launch_apiserver(
     return proc.pid
 
 
+def _own_nodes(lab: Lab, st: LabState) -> list[Node]:
+    """The nodes whose processes the lab runs (not those whose pod runs them)."""
+    external = set(st.info.get("external_nodes", []))
+    return [n for n in lab.nodes if n.name not in external]
+
+
 def _launch_proxies(lab: Lab, st: LabState, state_dir: Path) -> None:
     """Start every node's cache proxy without waiting (``_start_agents`` waits for them)."""
-    for node in lab.nodes:
+    for node in _own_nodes(lab, st):
         proxies.start(st, state_dir, node, st.info["api_node_url"])
 
 
 def _start_agents(lab: Lab, st: LabState, state_dir: Path, *, proxied: bool) -> list[str]:
-    names = [n.name for n in lab.nodes]
+    nodes = _own_nodes(lab, st)
+    names = [n.name for n in nodes]
     if proxied:
         proxies.wait_ready(st, names)  # an agent's first list goes through its proxy
-    for node in lab.nodes:
+    for node in nodes:
         lab_agents.start(lab, st, state_dir, node, agent_executable())
     return names
+
+
+def _refuse_external(st: LabState, nodes: list[str]) -> None:
+    if pods := sorted(set(nodes) & set(st.info.get("external_nodes", []))):
+        raise LabError(f"{', '.join(pods)}: its processes run in a pod, not the lab's")
 
 
 def start_agents(settings: Settings, nodes: list[str]) -> list[tuple[str, int]]:
@@ -363,6 +394,7 @@ def start_agents(settings: Settings, nodes: list[str]) -> list[tuple[str, int]]:
     by_name = {n.name: n for n in lab.nodes}
     if unknown := [n for n in nodes if n not in by_name]:
         raise LabError(f"no such lab node: {', '.join(unknown)} (nodes: {', '.join(by_name)})")
+    _refuse_external(st, nodes)
     if why := agent_problem():
         raise LabError(f"cannot start agents: {why}")
     proxies.start_missing(lab, st, settings.state_dir, nodes)
@@ -380,6 +412,7 @@ def restart(settings: Settings, node: str, component: str) -> tuple[int, bool]:
     by_name = {n.name: n for n in lab.nodes}
     if node not in by_name:
         raise LabError(f"no such lab node: {node} (nodes: {', '.join(by_name)})")
+    _refuse_external(st, [node])
     if component == "agent":
         if why := agent_problem():
             raise LabError(f"cannot start agents: {why}")

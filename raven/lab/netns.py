@@ -41,6 +41,21 @@ def create_netns(name: str) -> None:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
 
+def attach_netns(name: str, pid: int) -> None:
+    """Name the network namespace of process ``pid`` (a container's, say) ``name``, as
+    ``ip netns attach`` does, and bring its loopback up. ``remove_netns`` drops the name again;
+    the namespace itself lives on while a process holds it."""
+    if name in list_netns():
+        raise LabNetError(f"network namespace {name} already exists")
+    proc = subprocess.run(
+        ["ip", "netns", "attach", name, str(pid)], capture_output=True, text=True, timeout=10
+    )
+    if proc.returncode != 0:
+        raise LabNetError(f"ip netns attach {name} {pid}: {proc.stderr.strip()}")
+    with _ipr(name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
 def remove_netns(name: str) -> bool:
     """Remove a namespace (its links go with it). False if it did not exist."""
     if name not in list_netns():

@@ -109,3 +109,30 @@ def cache_proxy(
 ) -> None:
     """Added GET latency, offline list and memory of raven-cache-proxy vs the API server."""
     _run("cacheproxy", output, objects=objects, gets=gets)
+
+
+@app.command()
+def resources(
+    output: Output = "text",
+    prefix: Annotated[
+        str | None, typer.Option(help="Lab prefix for the bench's own lab (default: rs<pid>).")
+    ] = None,
+    state_dir: Annotated[
+        str | None, typer.Option(help="State dir of the bench's lab (default: a temp dir).")
+    ] = None,
+    idle: Annotated[float, typer.Option(help="Seconds of the idle window.")] = 30.0,
+    failover: Annotated[
+        float, typer.Option(help="Seconds measured after the edge-a gateway's agent crashes.")
+    ] = 15.0,
+    restart: Annotated[
+        float, typer.Option(help="Seconds measured after that agent starts again.")
+    ] = 15.0,
+    image: Annotated[
+        bool, typer.Option(help="Also report the size of Raven's image (needs Docker).")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
+) -> None:
+    """Memory and CPU of the pod's containers (agent + wireguard-go, cache-proxy): idle,
+    failing over, restarting; and the image's size."""
+    _run("resources", output, prefix=prefix, state_dir=state_dir, idle=idle,
+         failover=failover, restart=restart, image=image, verbose=verbose)
