@@ -106,6 +106,17 @@ class VxlanSpec:
     peers: tuple[VxlanPeer, ...] = ()  # sorted
 
 
+@dataclass(frozen=True, order=True)
+class LocalAddress:
+    """One address on one of this node's links, as the kernel reports it (a plan input)."""
+
+    address: str  # without prefix length
+    prefixlen: int
+    dev: str
+    mtu: int
+    family: int  # 4 or 6
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything one node's data path should hold. Sorted tuples, compared whole."""
