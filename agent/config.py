@@ -133,6 +133,20 @@ class AgentSettings(BaseSettings):
         gt=0,
         description="Seconds a gateway that stepped down stays out of its pool's election",
     )
+    health_host: str = Field(
+        default="0.0.0.0", description="Address of /healthz, /readyz and /metrics"
+    )
+    health_port: int = Field(
+        default=10262,
+        ge=0,
+        le=65535,
+        description="Port of /healthz, /readyz and /metrics (0: no endpoint)",
+    )
+    log_format: str = Field(
+        default="console",
+        pattern="^(console|json)$",
+        description="console (one readable line per record) or json (one object per line)",
+    )
     resync: float = Field(
         default=10.0, gt=0, description="Seconds between full reconciles when nothing changed"
     )

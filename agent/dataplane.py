@@ -72,10 +72,14 @@ class KernelDataPlane:
         self._link_renewed = False  # the VXLAN link was made anew: dump the route table
         self._rp_filter_warned = False
 
-    @property
-    def writes(self) -> int:
-        """Netlink writes so far (routes, rules, VXLAN), for metrics and tests."""
-        return self.route_reconciler.writes + self.rule_reconciler.writes + self.vxlan.writes
+    def writes_by_kind(self) -> dict[str, int]:
+        """Kernel writes so far, by kind, for metrics and tests."""
+        return {
+            "route": self.route_reconciler.writes,
+            "rule": self.rule_reconciler.writes,
+            "vxlan": self.vxlan.writes,
+            "wireguard": self.wg.wg_set_calls + self.wg.link_writes,
+        }
 
     def close(self) -> None:
         self.kernel.close()

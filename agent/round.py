@@ -330,7 +330,7 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         steps = steps_for(desired, wg_dev=p.wg_dev, resync=obs.resync or mem.desired is None)
     if desired is not None and desired != mem.desired:
         notes.append(
-            f"applying role={desired.role} routes={len(desired.routes)} peers={len(desired.peers)}"
+            f"applied role={desired.role} routes={len(desired.routes)} peers={len(desired.peers)}"
         )
     role = desired.role if desired is not None else (mem.role or Role.NONE)
     carrying_pool = role in (Role.GATEWAY, Role.RELAY) and pool is not None

@@ -33,6 +33,7 @@ from typing import Any
 
 from agent.config import AgentSettings
 from agent.dataplane import DataPlane, KernelDataPlane
+from agent.metrics import AgentMetrics
 from agent.round import (
     BeaconPlan,
     Decision,
@@ -46,7 +47,9 @@ from agent.round import (
 from agent.steps import SetPeers, Step
 from gateway import beacon, keys
 from gateway.probe import PROBE_INTERVAL, Prober
+from gateway.status import peer_entries
 from raven.aio import cancel_and_wait
+from raven.healthserver import HealthServer
 from raven.kube import GATEWAYS, NODES, KubeClient, KubeError, leases, load_config
 from raven.kube.election import LeaseElector, LeaseTimings
 from raven.kube.events import EventRecorder
@@ -150,6 +153,10 @@ class Agent:
         self._stopping = asyncio.Event()
         self._resync_due = True
         self.ready = False  # synced, and the last apply succeeded
+        self.metrics = AgentMetrics()
+        self.health: HealthServer | None = None
+        self._round_started: float | None = None  # monotonic, while a round runs
+        self._looping = False
 
     # Wiring ------------------------------------------------------------------------------------
 
@@ -238,6 +245,15 @@ class Agent:
         self.gateways.add_listener(self._changed(gateway_fingerprint))
         for informer in self._informers():
             informer.start()
+        if self.settings.health_port:
+            self.health = HealthServer(
+                alive=self._alive,
+                ready=self._readiness,
+                registry=self.metrics.registry,
+                host=self.settings.health_host,
+                port=self.settings.health_port,
+            )
+            await self.health.start()
         self.beacons = await beacon.BeaconSocket.open(
             self.receiver,
             host=self.settings.beacon_host,
@@ -260,16 +276,44 @@ class Agent:
                 await cancel_and_wait(task)
             await self._shutdown()
 
+    def _alive(self) -> tuple[bool, str]:
+        """Live while the round loop runs and no round has been stuck for two minutes."""
+        if not self._looping:
+            return False, "the round loop is not running"
+        started = self._round_started
+        if started is not None and time.monotonic() - started > 120:
+            return False, f"a round has been running for {time.monotonic() - started:.0f}s"
+        return True, ""
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.decision is None or self.stats.applied == 0:
+            return False, "not synced with the API server yet, or no plan applied"
+        if not self.stats.last_apply_ok:
+            return False, "the last apply failed; see the agent's log"
+        return True, ""
+
     async def _loop(self) -> None:
+        self._looping = True
+        try:
+            await self._rounds()
+        finally:
+            self._looping = False
+
+    async def _rounds(self) -> None:
         while not self._stopping.is_set():
             # Clear before the round: a change arriving mid-round sets it again and is
             # picked up at once instead of at the next resync.
             self._dirty.clear()
+            self._round_started = time.monotonic()
             try:
                 await self.round()
             except Exception:  # one bad round must not kill the node's data path
                 log.exception("round failed; the last applied state stays")
+                self.metrics.round_errors.inc()
                 self._resync_due = True
+            finally:
+                self.metrics.round_seconds.observe(time.monotonic() - self._round_started)
+                self._round_started = None
             waiters = [
                 asyncio.ensure_future(self._dirty.wait()),
                 asyncio.ensure_future(self._stopping.wait()),
@@ -296,6 +340,8 @@ class Agent:
                 await informer.stop()
         if self.beacons is not None:
             self.beacons.close()
+        if self.health is not None:
+            await self.health.stop()
         await self.client.close()
         if self.kernel_watch is not None:
             self.kernel_watch.stop()
@@ -356,16 +402,49 @@ class Agent:
         decision, self.memory = decide(observed, self.memory, self.params)
         self.decision = decision
         self.stats.rounds += 1
-        for note in decision.notes:
-            log.info("%s", note)
         if not observed.synced:
             self._resync_due = observed.resync or self._resync_due
             return decision
         await self._apply(decision)
+        for note in decision.notes:
+            log.info("%s", note)
         await self._report(decision)
         await self._follow_election(decision.election)
         self._retarget(decision)
+        self._measure(observed, decision)
         return decision
+
+    def _measure(self, observed: Observed, decision: Decision) -> None:
+        m, view = self.metrics, self.memory.view
+        m.ready.set(1 if self._readiness()[0] else 0)
+        writes = getattr(self.dataplane, "writes_by_kind", None)
+        if callable(writes):
+            m.kernel_writes(writes())
+        if view is None:
+            return
+        me = next((n for n in view.nodes if n.name == self.settings.node_name), None)
+        m.holders(view.holders, me=self.settings.node_name, my_pool=me.pool if me else None)
+        for event in decision.events:
+            if event.reason in ("GatewayElected", "GatewayFailover"):
+                m.elections.labels(event.pool).inc()
+        desired = decision.desired
+        if desired is None or me is None or me.pool is None:
+            return
+        if desired.role not in (Role.GATEWAY, Role.RELAY):
+            m.peers.update(me.pool, [], observed.now)
+            return
+        entries = []
+        tunnel = observed.tunnel
+        for entry in peer_entries(desired, view, tunnel, observed.probes, observed.now):
+            live = tunnel.peer(entry["publicKey"]) if tunnel is not None else None
+            if live is not None:
+                entry |= {
+                    "handshakeAt": live.latest_handshake or None,
+                    "rxBytes": live.rx_bytes,
+                    "txBytes": live.tx_bytes,
+                }
+            entries.append(entry)
+        m.peers.update(me.pool, entries, observed.now)
 
     # Apply -------------------------------------------------------------------------------------
 

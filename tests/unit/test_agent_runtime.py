@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from agent.config import AgentSettings
@@ -53,6 +54,12 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class Member:
     name: str
@@ -87,14 +94,16 @@ class Fleet:
             beacon_interval=0.1,
             beacon_timeout=0.6,
             beacon_stagger=0.2,
+            health_host=LOOPBACK[name],
+            health_port=0,
             resync=2,
         )
 
-    async def start(self, name: str) -> Member:
+    async def start(self, name: str, **settings: Any) -> Member:
         plane = RecordingDataPlane(addresses(name, ip=LOOPBACK[name]), public_key=KEY[name])
         prober = QuietProber()
         agent = Agent(
-            self.settings(name),
+            self.settings(name).model_copy(update=settings),
             client=client_for_kubeconfig(self.api.kubeconfig),
             dataplane=lambda: plane,
             prober=prober,
@@ -339,3 +348,31 @@ async def test_agent_started_while_the_api_is_away_touches_nothing(fleet: Fleet)
         lambda: any(isinstance(s, SetRoutes) for s in member.plane.steps),
         "routes once the API is back",
     )
+
+
+async def test_health_readiness_and_metrics_endpoints(fleet: Fleet) -> None:
+    holders = await connected(fleet)
+    gw = holders["edge-a"]
+    await fleet.stop(gw)
+    port = free_tcp_port(LOOPBACK[gw])
+    fleet.api.stop()  # start it offline first: alive, but not ready
+    member = await fleet.start(gw, health_port=port)
+    base = f"http://{LOOPBACK[gw]}:{port}"
+    async with aiohttp.ClientSession() as http:
+
+        async def get(path: str) -> tuple[int, str]:
+            async with http.get(base + path) as resp:
+                return resp.status, await resp.text()
+
+        await fleet.until(lambda: member.agent.health is not None, "the health endpoint")
+        await fleet.until(lambda: member.agent.stats.rounds >= 1, "a round")
+        assert (await get("/healthz"))[0] == 200
+        status, why = await get("/readyz")
+        assert status == 503 and "not synced" in why
+        fleet.api.start()
+        await fleet.until(lambda: member.agent.ready, "synced and applied")
+        assert (await get("/readyz"))[0] == 200
+        _, text = await get("/metrics")
+        assert "raven_reconcile_duration_seconds_count" in text
+        assert "raven_ready 1.0" in text
+        assert 'raven_pool_holder{pool="edge-a"} 1.0' in text
