@@ -34,14 +34,13 @@ from gateway import status as gateway_status
 from gateway.dump import DeviceStatus
 from gateway.probe import ProbeWindow, local_probe_address
 from raven.gatewayspec import selector_matches
-from raven.model import DesiredState, LocalAddress, Role
+from raven.model import DesiredState, LocalAddress, Problem, Role
 from raven.names import PROBE_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_ENDPOINT_ANNOTATION
-from raven.plan import analyse, plan
+from raven.nodeview import as_mapping
+from raven.plan import analyse, leases_needed, plan
 from raven.view import ClusterView, Identity, NodeView, cluster_view, lease_holder
 
 JSON = dict[str, Any]
-#: Conditions that say the pool's own input was refused; each distinct one gets a Warning Event.
-REFUSAL_CONDITIONS = ("SpecValid", "SubnetsAccepted", "InputAccepted")
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,8 @@ class Params:
     beacon_timeout: float = 1.25
     beacon_stagger: float = 0.25
     status_refresh: float = 60.0
+    #: Addresses Raven must never route (the API server's): a pod CIDR covering one is refused.
+    protected: tuple[str, ...] = ()
     #: Whether probes run: a gateway's relay peer that answers none of the last
     #: ``dead_tunnel_rounds`` probes is dead only when there are probes.
     probing: bool = True
@@ -168,7 +169,7 @@ class Memory:
     holder_before: str | None = None  # our pool's holder before we took it over
     status: JSON | None = None  # as last written
     status_at: float = 0.0  # monotonic time of that write
-    reported: frozenset[str] = frozenset()  # refusal messages already sent as Events
+    reported: frozenset[Problem] = frozenset()  # refusals already sent as Events
 
 
 # Inputs --------------------------------------------------------------------------------------
@@ -230,6 +231,7 @@ def identity(p: Params, me: NodeView | None, addresses: Iterable[LocalAddress]) 
         vxlan_port=p.vxlan_port,
         table=p.table,
         rule_priority=p.rule_priority,
+        protected=p.protected,
     )
 
 
@@ -247,43 +249,6 @@ def candidates(view: ClusterView, pool: str) -> list[NodeView]:
     )
 
 
-def relay_pool(view: ClusterView) -> str | None:
-    return analyse(view).relay
-
-
-def leases_needed(view: ClusterView, me: NodeView | None) -> frozenset[str] | None:
-    """The pools whose Leases this node's plan and election read: its own pool's and the relay
-    pool's; every pool's (None) on a candidate of the relay pool, which must know every pool's
-    gateway the moment it becomes the relay."""
-    if me is None or me.pool is None:
-        return frozenset()
-    relay = relay_pool(view)
-    if relay == me.pool and any(n.name == me.name for n in candidates(view, me.pool)):
-        return None
-    return frozenset(p for p in (me.pool, relay) if p is not None)
-
-
-def _probe_address(node: NodeView | None, raw: Mapping[str, JSON]) -> str | None:
-    """A node's published probe address, if it is an address inside its own pod CIDRs."""
-    if node is None:
-        return None
-    annotations = ((raw.get(node.name) or {}).get("metadata") or {}).get("annotations") or {}
-    text = annotations.get(PROBE_ANNOTATION) if isinstance(annotations, dict) else None
-    if not isinstance(text, str):
-        return None
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    nets = []
-    for cidr in node.pod_cidrs:
-        try:
-            nets.append(ipaddress.ip_network(cidr))
-        except ValueError:
-            continue
-    return str(address) if any(address in net for net in nets) else None
-
-
 # The round -----------------------------------------------------------------------------------
 
 
@@ -294,16 +259,17 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         return Decision(election=None, lease_scope=None), mem
 
     raw_nodes = obs.nodes
-    me_raw = raw_nodes.get(p.node_name)
-    labels = ((me_raw or {}).get("metadata") or {}).get("labels")
-    pool0 = labels.get(p.pool_label) if isinstance(labels, dict) else None
+    me_raw = as_mapping(raw_nodes.get(p.node_name))
+    pool0 = as_mapping(as_mapping(me_raw.get("metadata")).get("labels")).get(p.pool_label)
     pool0 = pool0 if isinstance(pool0, str) and pool0 else None
 
     watched: dict[str, Mapping[str, Any]] = dict(obs.leases)
     own = own_pool_lease(obs, pool0)
     if own is not None and pool0 is not None:
         watched[pool0] = own
-    leases, last_holders = sticky_holders(watched, mem.last_holders)
+    # Pools whose Lease is no longer watched are forgotten: their last holder says nothing now.
+    remembered = {k: v for k, v in mem.last_holders.items() if k in watched or k == pool0}
+    leases, last_holders = sticky_holders(watched, remembered)
     view = cluster_view(
         raw_nodes.values(),
         obs.gateways.values(),
@@ -366,15 +332,12 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         built = gateway_status.build(
             view, pool, desired, obs.tunnel, obs.probes, now=obs.now, previous=mem.status
         )
-        refusals = {
-            (c["reason"], c["message"])
-            for c in built["conditions"]
-            if c["type"] in REFUSAL_CONDITIONS and c["status"] == "False"
-        }
-        for reason, message in sorted(refusals):
-            if message not in reported:
-                events.append(EventSpec(pool, uid, "Warning", reason, message))
-        reported = frozenset(m for _, m in refusals)
+        # Each refusal the pool depends on gets one Warning on its Gateway, naming the object
+        # and the field; one that is gone and comes back is reported again.
+        refusals = frozenset(p for p in view.problems if pool in p.pools)
+        for problem in sorted(refusals - reported):
+            events.append(EventSpec(pool, uid, "Warning", problem.reason, str(problem)))
+        reported = refusals
         if gateway_status.due(
             built, mem.status, written_at=mem.status_at, now=obs.clock, refresh=p.status_refresh
         ):
@@ -386,9 +349,9 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
     if carrying_pool and desired is not None:
         by_key = {n.public_key: n for n in view.nodes if n.public_key}
         for peer in desired.peers:
-            address = _probe_address(by_key.get(peer.public_key), raw_nodes)
-            if peer.allowed_ips and address is not None:
-                probe_targets[peer.public_key] = address
+            node = by_key.get(peer.public_key)
+            if peer.allowed_ips and node is not None and node.probe_address is not None:
+                probe_targets[peer.public_key] = node.probe_address
 
     election, beacons, wake_note = _election(obs, view, me, pool, holder, desired, holder_since, p)
     if wake_note:
@@ -403,7 +366,7 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         status=status_write,
         events=tuple(events),
         election=election,
-        lease_scope=leases_needed(view, me),
+        lease_scope=leases_needed(view, p.node_name),
         probe_source=probe_address if carrying_pool else None,
         probe_targets=probe_targets,
         beacons=beacons,
@@ -424,17 +387,19 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
     return decision, memory
 
 
-def _annotation_delta(node: JSON | None, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
-    if node is None:
+def _annotation_delta(
+    node: Mapping[str, Any], wanted: Mapping[str, str | None]
+) -> dict[str, str | None]:
+    """What to merge into our Node's annotations; nothing while our Node is not there (or is
+    not an object)."""
+    if not node:
         return {}
-    current = (node.get("metadata") or {}).get("annotations") or {}
-    if not isinstance(current, dict):
-        current = {}
+    current = as_mapping(as_mapping(node.get("metadata")).get("annotations"))
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
-def _uid(gateway: JSON | None) -> str:
-    uid = ((gateway or {}).get("metadata") or {}).get("uid")
+def _uid(gateway: object) -> str:
+    uid = as_mapping(as_mapping(gateway).get("metadata")).get("uid")
     return uid if isinstance(uid, str) else ""
 
 

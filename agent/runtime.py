@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import time
@@ -30,6 +31,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.config import AgentSettings
 from agent.dataplane import DataPlane, KernelDataPlane
@@ -89,6 +91,8 @@ class Agent:
     ``dataplane`` and ``client`` replace the kernel and the kubeconfig's API server (the
     simulated fleet and the tests pass a recording data plane); ``probing=False`` turns the
     tunnel probes off where no tunnel carries packets, ``prober`` replaces the pinging one.
+    ``beacon_addresses`` maps a node's InternalIP to the address its beacon socket really
+    listens on, for many simulated nodes in one process (each on its own loopback address).
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Agent:
         prober: Prober | None = None,
         watch_kernel: bool = True,
         handle_signals: bool = True,
+        beacon_addresses: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.client = client or KubeClient(load_config(settings.kubeconfig))
@@ -120,6 +125,7 @@ class Agent:
             beacon_stagger=settings.beacon_stagger,
             status_refresh=settings.status_refresh,
             probing=probing,
+            protected=api_addresses(self.client.config.server),
         )
         self.nodes = Informer(self.client, NODES)
         self.gateways = Informer(self.client, GATEWAYS)
@@ -147,6 +153,7 @@ class Agent:
         self.beacons: beacon.BeaconSocket | None = None
         self._beacon_plan = BeaconPlan()
         self._beacon_keys: dict[str, bytes] = {}
+        self._beacon_addresses = dict(beacon_addresses or {})
         self._watch_handle: asyncio.TimerHandle | None = None
         self._resolved: dict[str, str] = {}  # "host:port" -> "ip:port", the last good answer
         self._dirty = asyncio.Event()
@@ -601,9 +608,13 @@ class Agent:
             self._next_leases = (decision.lease_scope, informer)
         self.prober.set_targets(decision.probe_source, decision.probe_targets)
         plan = decision.beacons
+        where = self._beacon_addresses
         self.receiver.expect(
             plan.pool,
-            {name: beacon.Peer(key, addr) for name, (key, addr) in plan.peers.items()},
+            {
+                name: beacon.Peer(key, where.get(addr, addr))
+                for name, (key, addr) in plan.peers.items()
+            },
         )
         self._beacon_plan = plan
         self._arm_watch()
@@ -657,7 +668,8 @@ class Agent:
                     datagram = beacon.encode(
                         beacon.Beacon(plan.pool, self.settings.node_name, counter, plan.fit), key
                     )
-                    self.beacons.send(datagram, target.address, self.settings.beacon_port)
+                    address = self._beacon_addresses.get(target.address, target.address)
+                    self.beacons.send(datagram, address, self.settings.beacon_port)
             await asyncio.sleep(self.settings.beacon_interval)
 
     async def _probe_loop(self) -> None:
@@ -678,6 +690,19 @@ class Agent:
             if state != self._probe_state:
                 self._probe_state = state
                 self._dirty.set()
+
+
+def api_addresses(server: str) -> tuple[str, ...]:
+    """The API server's addresses as far as they are IP literals: the kubeconfig's server and,
+    in a pod, the ``kubernetes`` Service. Raven must never route them into a tunnel."""
+    found = []
+    host = urlsplit(server).hostname
+    for candidate in (host, os.environ.get("KUBERNETES_SERVICE_HOST")):
+        try:
+            found.append(str(ipaddress.ip_address(candidate or "")))
+        except ValueError:
+            continue
+    return tuple(sorted(set(found)))
 
 
 def _needs_lookup(peer: PeerSpec) -> bool:

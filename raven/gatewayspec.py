@@ -7,20 +7,22 @@ wrong and shows what was given. Pure: no I/O, no Kubernetes client.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raven.addresses import AddressError, parse_endpoint
+
 DEFAULT_TUNNEL_PORT = 51820
 DEFAULT_KEEPALIVE_SECONDS = 5
 
-# RFC 1123 host name label; a label set by Kubernetes rules (qualified name, value).
-_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+# RFC 1123 host name label; a label set by Kubernetes rules (qualified name, value). Always
+# used with fullmatch: ``$`` would let a trailing newline through.
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
 
 
 class GatewaySpecError(ValueError):
@@ -35,18 +37,26 @@ class GatewaySpecError(ValueError):
         self.field = errors[0][0]
         super().__init__("; ".join(message for _, message in errors))
 
+    # Equal errors compare equal, so two views built from the same bad spec do too.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GatewaySpecError) and self.errors == other.errors
+
+    def __hash__(self) -> int:
+        return hash(self.errors)
+
 
 def _check_label_key(key: str) -> str:
     prefix, _, name = key.rpartition("/")
-    if not _LABEL_NAME.match(name) or (
-        prefix and (len(prefix) > 253 or not all(_DNS_LABEL.match(p) for p in prefix.split(".")))
+    if not _LABEL_NAME.fullmatch(name) or (
+        prefix
+        and (len(prefix) > 253 or not all(_DNS_LABEL.fullmatch(p) for p in prefix.split(".")))
     ):
         raise ValueError(f"{key!r} is not a valid label key")
     return key
 
 
 def _check_label_value(value: str) -> str:
-    if not _LABEL_VALUE.match(value):
+    if not _LABEL_VALUE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid label value")
     return value
 
@@ -102,28 +112,12 @@ class LabelSelector(_Strict):
 
 
 def _check_endpoint(endpoint: str) -> str:
-    """``host:port`` where host is IPv4, ``[IPv6]`` or a DNS name and port is 1..65535."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"must be host:port, got {endpoint!r}")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"port must be a number from 1 to 65535, got {endpoint!r}")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ValueError(f"{host} is not a valid IPv6 address, got {endpoint!r}") from None
-    elif ":" in host:
-        raise ValueError(f"an IPv6 address must be in brackets ([addr]:port), got {endpoint!r}")
-    elif all(part.isdigit() for part in host.split(".")):
-        # All-numeric names are never DNS names (RFC 1123 top-level labels are not numeric).
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{host} is not a valid IPv4 address, got {endpoint!r}") from None
-    elif len(host) > 253 or not all(_DNS_LABEL.match(p) for p in host.rstrip(".").split(".")):
-        raise ValueError(f"{host} is not a valid DNS name, got {endpoint!r}")
-    return endpoint
+    """``host:port``: host is IPv4, ``[IPv6]`` or a DNS name, port is ASCII digits without a
+    leading zero from 1 to 65535. Returns the canonical form (what ``wg show`` prints)."""
+    try:
+        return parse_endpoint(endpoint, hostname_ok=True)
+    except AddressError as error:
+        raise ValueError(str(error)) from None
 
 
 class GatewaySpec(_Strict):

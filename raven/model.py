@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from raven.addresses import endpoint_hostname
+
 #: Raven's own routing table, and the priority of the one rule that sends lookups to it.
 #: Both sit clear of the kernel's defaults (local 0, main 32766, default 32767) and of the
 #: ranges CNIs commonly use.
@@ -71,7 +73,13 @@ class RuleSpec:
 
 @dataclass(frozen=True, order=True)
 class PeerSpec:
-    """One WireGuard peer. Identity: the public key."""
+    """One WireGuard peer. Identity: the public key.
+
+    ``endpoint`` is validated and canonical: ``1.2.3.4:9`` or ``[2001:db8::1]:9`` (as
+    ``wg show`` prints it), or ``name:9`` when a Gateway's ``spec.endpoint`` names a host. The
+    planner never resolves names; :attr:`endpoint_hostname` says when the caller must (off its
+    event loop) before handing the peer to ``wg``.
+    """
 
     public_key: str
     allowed_ips: tuple[str, ...] = ()  # sorted CIDRs
@@ -81,6 +89,11 @@ class PeerSpec:
     @property
     def key(self) -> str:
         return self.public_key
+
+    @property
+    def endpoint_hostname(self) -> str | None:
+        """The DNS name to resolve before dialling, or None (an IP literal, or no endpoint)."""
+        return endpoint_hostname(self.endpoint) if self.endpoint is not None else None
 
 
 @dataclass(frozen=True, order=True)
@@ -117,6 +130,34 @@ class LocalAddress:
     family: int  # 4 or 6
 
 
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One piece of input refused, or one reason a plan is incomplete, naming the object and
+    the field so an operator can find and fix it.
+
+    ``kind``/``name`` name the object (``Node``, ``Gateway``, ``Lease``; ``Pool`` or ``Cluster``
+    when no single object is at fault; ``name`` is "" when the object has none). ``field`` is a
+    JSON path into it (``spec.podCIDRs[0]``, ``metadata.annotations[raven.io/public-key]``; ""
+    for the whole object). ``reason`` is CamelCase, for a condition or an Event. ``message``
+    says what is wrong and what was done about it. ``pools`` are the pools whose Gateway should
+    report it: the object's own pool, the pools whose objects it clashed with, and every pool
+    when the relay depends on it.
+    """
+
+    kind: str
+    name: str
+    field: str
+    reason: str
+    message: str
+    pools: tuple[str, ...] = ()  # sorted
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (self.kind, self.name) if p)
+        if self.field:
+            where += f" {self.field}"
+        return f"{where}: {self.message}"
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything one node's data path should hold. Sorted tuples, compared whole."""
@@ -126,7 +167,8 @@ class DesiredState:
     rules: tuple[RuleSpec, ...] = ()
     peers: tuple[PeerSpec, ...] = ()
     forwarding: bool = False
-    problems: tuple[str, ...] = field(default=())  # human-readable reasons input was refused
+    # Sorted: the refused input and missing pieces of the pools this node's plan depends on.
+    problems: tuple[Problem, ...] = field(default=())
     # Gateway/relay only (None elsewhere): the WireGuard device's UDP port (the pool's
     # spec.tunnelPort) and MTU (underlay - WireGuard overhead, see raven.mtu).
     listen_port: int | None = None

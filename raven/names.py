@@ -6,6 +6,8 @@ reader finds every name Raven puts into a cluster on this page.
 
 from __future__ import annotations
 
+import re
+
 #: Node label that puts a node in a pool (OpenYurt's; the agent's ``pool_label`` setting can
 #: name another).
 POOL_LABEL = "apps.openyurt.io/nodepool"
@@ -33,3 +35,19 @@ def pool_of_lease(name: str) -> str | None:
     if name.startswith(LEASE_PREFIX) and len(name) > len(LEASE_PREFIX):
         return name[len(LEASE_PREFIX) :]
     return None
+
+
+# A DNS-1123 label: what each dot-separated part of an object name must be. Always fullmatch:
+# ``$`` would let a trailing newline through.
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def valid_name(name: object, *, limit: int = 253) -> bool:
+    """Is ``name`` a valid Kubernetes object name (DNS-1123 subdomain) of at most ``limit``
+    characters? A pool name becomes a Gateway's and a Lease's name and is a label value, so it
+    must be one of at most 63."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= limit
+        and all(_DNS_LABEL.fullmatch(part) for part in name.split("."))
+    )

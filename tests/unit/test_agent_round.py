@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from agent.round import (
     BeaconTarget,
     Decision,
@@ -34,6 +37,7 @@ from gateway.probe import ProbeWindow
 from raven.model import PeerSpec, Role, RouteSpec, RuleSpec, VxlanPeer, VxlanSpec
 from raven.names import PROBE_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_ENDPOINT_ANNOTATION
 from tests.unit.agentkit import CIDR, IP, KEY, addresses, cluster, gateway, lease, node
+from tests.unit.test_plan_garbage import json
 
 RULES = (RuleSpec(9027, 9027, 4),)
 MTU = 1440  # 1500 - 60, WireGuard over IPv4
@@ -364,3 +368,29 @@ def test_api_outage_and_restart_offline_keep_the_data_path() -> None:
 
 def replace_resync(steps: Any, resync: bool) -> Any:
     return tuple(replace(s, resync=resync) if isinstance(s, SetRoutes) else s for s in steps)
+
+
+# Any input -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    extra=st.lists(st.tuples(st.sampled_from(["Node", "Gateway", "Lease"]), json), max_size=3),
+    mine=st.one_of(st.none(), json),
+)
+def test_the_round_never_raises_whatever_the_objects(extra: list[Any], mine: Any) -> None:
+    """Objects of any JSON shape, added to the cluster or replacing this node's own Node, never
+    make a round raise (one malformed object must not freeze every agent)."""
+    nodes: dict[str, Any] = dict(cluster("c1", "c2", "a1", "a2", "a3", "b1"))
+    gws: dict[str, Any] = dict(gateways())
+    leases: dict[str, Any] = dict(holders())
+    for i, (kind, obj) in enumerate(extra):
+        {"Node": nodes, "Gateway": gws, "Lease": leases}[kind][f"x{i}"] = obj
+    if mine is not None:
+        nodes["a2"] = mine
+    mem = Memory()
+    for clock in (CLOCK, CLOCK + 5):
+        decision, mem = decide(
+            observed("a2", nodes=nodes, gateways=gws, leases=leases, clock=clock), mem, params("a2")
+        )
+        assert isinstance(decision.notes, tuple)

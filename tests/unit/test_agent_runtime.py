@@ -26,7 +26,7 @@ from raven.kube import GATEWAYS, NODES, KubeClient, leases
 from raven.kube.events import EVENTS
 from raven.lab.testing.dataplane import RecordingDataPlane
 from raven.lab.testing.kube import client_for_kubeconfig, install_crds
-from tests.unit.agentkit import CIDR, KEY, LOOPBACK, PRIVATE, addresses, gateway, node
+from tests.unit.agentkit import CIDR, IP, KEY, LOOPBACK, PRIVATE, addresses, gateway, node
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -100,7 +100,7 @@ class Fleet:
         )
 
     async def start(self, name: str, **settings: Any) -> Member:
-        plane = RecordingDataPlane(addresses(name, ip=LOOPBACK[name]), public_key=KEY[name])
+        plane = RecordingDataPlane(addresses(name), public_key=KEY[name])
         prober = QuietProber()
         agent = Agent(
             self.settings(name).model_copy(update=settings),
@@ -109,6 +109,8 @@ class Fleet:
             prober=prober,
             watch_kernel=False,
             handle_signals=False,
+            # Every node's beacon socket listens on a loopback address of its own.
+            beacon_addresses={IP[n]: LOOPBACK[n] for n in LOOPBACK},
         )
         task = asyncio.create_task(agent.run(), name=f"agent {name}")
         member = Member(name, agent, plane, prober, task)
@@ -153,7 +155,7 @@ async def fleet(apiserver: Any, tmp_path: Path) -> AsyncIterator[Fleet]:
     await install_crds(kube)
     for names in POOLS.values():
         for name in names:
-            body = node(name, ip=LOOPBACK[name])
+            body = node(name)
             status = body.pop("status")
             await kube.create(NODES, body)
             await kube.merge_patch(NODES, name, {"status": status}, subresource="status")
@@ -189,7 +191,7 @@ async def connected(fleet: Fleet) -> dict[str, str]:
 
     def members_follow() -> bool:
         for pool, names in POOLS.items():
-            via = LOOPBACK[holders[pool]]
+            via = IP[holders[pool]]
             for name in names:
                 member = fleet.members.get(name)
                 if member is None or name == holders[pool]:
@@ -277,7 +279,7 @@ async def test_crashed_gateway_is_replaced_by_beacon_silence_not_lease_expiry(
     assert fleet.members[new].agent.elector.preemptions == 1
     members = [n for n in others if n != new]
     await fleet.until(
-        lambda: all(routes_via(fleet.members[n]) == {LOOPBACK[new]} for n in members),
+        lambda: all(routes_via(fleet.members[n]) == {IP[new]} for n in members),
         "members following the new gateway",
     )
     relay = fleet.members[holders["cloud"]]

@@ -54,6 +54,11 @@ def test_valid_endpoints(endpoint: str) -> None:
     assert parse_gateway_spec({"endpoint": endpoint}).endpoint == endpoint
 
 
+def test_an_ipv6_endpoint_is_kept_in_the_form_wg_prints() -> None:
+    # wg show prints the canonical form; any other spelling would be re-sent on every reconcile.
+    assert parse_gateway_spec({"endpoint": "[2001:0DB8:0::1]:9"}).endpoint == "[2001:db8::1]:9"
+
+
 SEL = "spec.candidateSelector"
 ERRORS: dict[str, tuple[Any, str, str]] = {
     "port too high": (
@@ -95,7 +100,62 @@ ERRORS: dict[str, tuple[Any, str, str]] = {
     "endpoint port zero": (
         {"endpoint": "relay.example:0"},
         "spec.endpoint",
-        "spec.endpoint: port must be a number from 1 to 65535, got 'relay.example:0'",
+        "spec.endpoint: port must be a number from 1 to 65535 (ASCII digits, no leading zero),"
+        " got 'relay.example:0'",
+    ),
+    "endpoint port with a leading zero": (
+        {"endpoint": "198.18.0.1:051820"},
+        "spec.endpoint",
+        "spec.endpoint: port must be a number from 1 to 65535 (ASCII digits, no leading zero),"
+        " got '198.18.0.1:051820'",
+    ),
+    "endpoint port in non-ASCII digits": (
+        {"endpoint": "relay.example:\uff15\uff11\uff18\uff12\uff10"},
+        "spec.endpoint",
+        "spec.endpoint: port must be a number from 1 to 65535 (ASCII digits, no leading zero),"
+        " got 'relay.example:\uff15\uff11\uff18\uff12\uff10'",
+    ),
+    "endpoint port too high": (
+        {"endpoint": "relay.example:65536"},
+        "spec.endpoint",
+        "spec.endpoint: port must be a number from 1 to 65535 (ASCII digits, no leading zero),"
+        " got 'relay.example:65536'",
+    ),
+    "endpoint host with a newline": (
+        {"endpoint": "relay.example\n:51820"},
+        "spec.endpoint",
+        "spec.endpoint: relay.example\n is not a valid DNS name, got 'relay.example\\n:51820'",
+    ),
+    "endpoint host a resolver would read as a number": (
+        {"endpoint": "0x7f000001:51820"},
+        "spec.endpoint",
+        "spec.endpoint: 0x7f000001 is not a valid DNS name, got '0x7f000001:51820'",
+    ),
+    "endpoint loopback": (
+        {"endpoint": "127.0.0.1:51820"},
+        "spec.endpoint",
+        "spec.endpoint: 127.0.0.1 is a loopback address, which no peer can have,"
+        " got '127.0.0.1:51820'",
+    ),
+    "endpoint with a zone": (
+        {"endpoint": "[fe80::1%eth0]:51820"},
+        "spec.endpoint",
+        "spec.endpoint: fe80::1%eth0 is not a valid IPv6 address, got '[fe80::1%eth0]:51820'",
+    ),
+    "endpoint not a string": (
+        {"endpoint": 51820},
+        "spec.endpoint",
+        "spec.endpoint must be a valid string, got 51820",
+    ),
+    "port as a float": (
+        {"tunnelPort": 51820.0},
+        "spec.tunnelPort",
+        "spec.tunnelPort must be a valid integer, got 51820.0",
+    ),
+    "port as a boolean": (
+        {"tunnelPort": True},
+        "spec.tunnelPort",
+        "spec.tunnelPort must be a valid integer, got True",
     ),
     "endpoint bare ipv6": (
         {"endpoint": "2001:db8::1:51820"},

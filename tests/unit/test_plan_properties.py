@@ -1,81 +1,116 @@
-"""Planner properties over random clusters (hypothesis): order does not matter, and Raven never
-routes or tunnels a node's own pool, whatever pools, holders, keys and overlaps it sees."""
+"""Planner properties over random clusters (hypothesis), built from Kubernetes JSON: order does
+not matter, and Raven never routes or tunnels a node's own pool, whatever pools, holders, keys,
+creation times and overlaps it sees."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raven.gatewayspec import GatewaySpec
 from raven.model import Role
+from raven.names import POOL_LABEL, PUBLIC_KEY_ANNOTATION
 from raven.plan import plan
-from raven.view import ClusterView, GatewayView, Identity, NodeView
+from raven.view import ClusterView, Identity, cluster_view
 
 POOLS = ["p0", "p1", "p2", "p3"]
 # A small CIDR space so overlaps (a /23 over a /24, duplicates) happen often.
 CIDRS = [f"10.0.{i}.0/24" for i in range(8)] + ["10.0.0.0/23", "10.0.4.0/22", "fd00::/64"]
+STAMPS = ["2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z", None]
+
+
+def key(name: str) -> str:
+    return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
+
+
+def node(name: str, pool: str | None, ip: str, cidrs: list[str], has_key: bool, stamp: Any):
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {POOL_LABEL: pool} if pool else {},
+        "annotations": {PUBLIC_KEY_ANNOTATION: key(name)} if has_key else {},
+    }
+    if stamp is not None:
+        meta["creationTimestamp"] = stamp
+    return {
+        "metadata": meta,
+        "spec": {"podCIDRs": cidrs},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    }
+
+
+Cluster = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], str]
 
 
 @st.composite
-def clusters(draw: Any) -> tuple[ClusterView, str]:
+def clusters(draw: Any) -> Cluster:
     pools = draw(st.lists(st.sampled_from(POOLS), min_size=1, max_size=4, unique=True))
     nodes = []
     for p_index, pool in enumerate(pools):
         for n_index in range(draw(st.integers(1, 3))):
-            name = f"{pool}-n{n_index}"
-            cidrs = draw(st.lists(st.sampled_from(CIDRS), max_size=2, unique=True))
-            has_key = draw(st.booleans())
             nodes.append(
-                NodeView(
-                    name=name,
-                    pool=pool,
-                    internal_ip=f"192.168.{p_index}.{n_index + 1}",
-                    pod_cidrs=tuple(sorted(cidrs)),
-                    public_key=f"key-{name}" if has_key else None,
+                node(
+                    f"{pool}-n{n_index}",
+                    pool,
+                    f"192.168.{p_index}.{n_index + 1}",
+                    draw(st.lists(st.sampled_from(CIDRS), max_size=2, unique=True)),
+                    draw(st.booleans()),
+                    draw(st.sampled_from(STAMPS)),
                 )
             )
-    nodes.append(NodeView(name="outsider", pod_cidrs=("10.0.7.0/24",)))
-    names = [n.name for n in nodes]
+    nodes.append(node("outsider", None, "192.168.9.9", ["10.0.7.0/24"], True, None))
+    names = [n["metadata"]["name"] for n in nodes]
     holders = {p: draw(st.sampled_from(names)) for p in pools if draw(st.booleans())}
-    gateways = {p: GatewayView(p, GatewaySpec(relay=draw(st.booleans())), None, 1) for p in pools}
-    return ClusterView(tuple(nodes), gateways, holders), draw(st.sampled_from(names))
+    leases = {p: {"spec": {"holderIdentity": h}} for p, h in holders.items()}
+    gateways = [
+        {
+            "metadata": {"name": p, "creationTimestamp": draw(st.sampled_from(STAMPS))},
+            "spec": {"relay": draw(st.booleans())},
+        }
+        for p in pools
+    ]
+    return nodes, gateways, leases, draw(st.sampled_from(names))
+
+
+def built(cluster: Cluster) -> ClusterView:
+    nodes, gateways, leases, _ = cluster
+    return cluster_view(nodes, gateways, leases)
 
 
 def identity(name: str) -> Identity:
     return Identity(node_name=name, underlay_dev="eth0", wg_dev="wg-prop")
 
 
-def shuffled(view: ClusterView, draw: Any) -> ClusterView:
-    return ClusterView(
-        tuple(draw(st.permutations(view.nodes))),
-        dict(draw(st.permutations(list(view.gateways.items())))),
-        dict(draw(st.permutations(list(view.holders.items())))),
-    )
-
-
 @settings(max_examples=300, deadline=None)
 @given(clusters(), st.data())
 def test_plan_is_deterministic_under_input_reordering(
-    cluster: tuple[ClusterView, str], data: st.DataObject
+    cluster: Cluster, data: st.DataObject
 ) -> None:
-    view, name = cluster
-    assert plan(shuffled(view, data.draw), identity(name)) == plan(view, identity(name))
+    nodes, gateways, leases, name = cluster
+    reordered = cluster_view(
+        data.draw(st.permutations(nodes)),
+        data.draw(st.permutations(gateways)),
+        dict(data.draw(st.permutations(list(leases.items())))),
+    )
+    assert reordered == built(cluster)
+    assert plan(reordered, identity(name)) == plan(built(cluster), identity(name))
 
 
 @settings(max_examples=300, deadline=None)
 @given(clusters())
-def test_never_routes_or_tunnels_the_own_pool(cluster: tuple[ClusterView, str]) -> None:
-    view, name = cluster
+def test_never_routes_or_tunnels_the_own_pool(cluster: Cluster) -> None:
+    view, name = built(cluster), cluster[3]
     me = next(n for n in view.nodes if n.name == name)
     state = plan(view, identity(name))
+    # The node's own pool's CIDRs as they were given, accepted or not.
     own = [
         ipaddress.ip_network(c)
-        for n in view.nodes
-        if n.pool == me.pool and me.pool
-        for c in n.pod_cidrs
+        for n in cluster[0]
+        if me.pool and n["metadata"]["labels"].get(POOL_LABEL) == me.pool
+        for c in n["spec"]["podCIDRs"]
     ]
     dsts = [ipaddress.ip_network(r.dst) for r in state.routes]
     assert not any(d.overlaps(o) for d in dsts for o in own if d.version == o.version)
@@ -90,8 +125,8 @@ def test_never_routes_or_tunnels_the_own_pool(cluster: tuple[ClusterView, str]) 
 
 @settings(max_examples=300, deadline=None)
 @given(clusters())
-def test_members_route_only_via_their_own_pool_gateway(cluster: tuple[ClusterView, str]) -> None:
-    view, name = cluster
+def test_members_route_only_via_their_own_pool_gateway(cluster: Cluster) -> None:
+    view, name = built(cluster), cluster[3]
     state = plan(view, identity(name))
     me = next(n for n in view.nodes if n.name == name)
     if me.pool is None:

@@ -1,7 +1,8 @@
 """Planner scenarios: a three-pool cluster built from Kubernetes JSON, complete expected plans.
 
 Pools: ``cloud`` (relay; c1 c2 c3), ``edge-a`` (a1 a2 a3), ``edge-b`` (b1 b2). Lease holders
-c1, a1, b1. Each expected DesiredState is written out whole and compared with ``==``.
+c1, a1, b1. Each expected DesiredState is written out whole and compared with ``==``. Other
+test modules (refusals, leases) build on the helpers here.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from raven.model import DesiredState, PeerSpec, Role, RouteSpec, RuleSpec
-from raven.plan import plan, pool_status
+from raven.model import DesiredState, PeerSpec, Problem, Role, RouteSpec, RuleSpec
+from raven.plan import KEY_FIELD, plan, pool_status
 from raven.view import (
     POOL_LABEL,
     PUBLIC_KEY_ANNOTATION,
@@ -50,16 +51,20 @@ def node(
     with_key: bool = True,
     endpoint: str | None = None,
     ip: str | None = None,
+    created: str | None = None,
 ) -> dict[str, Any]:
     annotations = {PUBLIC_KEY_ANNOTATION: key(name)} if with_key else {}
     if endpoint:
         annotations[TUNNEL_ENDPOINT_ANNOTATION] = endpoint
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {POOL_LABEL: pool} if pool else {"kubernetes.io/hostname": name},
+        "annotations": annotations,
+    }
+    if created is not None:
+        meta["creationTimestamp"] = created
     return {
-        "metadata": {
-            "name": name,
-            "labels": {POOL_LABEL: pool} if pool else {"kubernetes.io/hostname": name},
-            "annotations": annotations,
-        },
+        "metadata": meta,
         "spec": {"podCIDR": cidr, "podCIDRs": [cidr]} if cidr else {},
         "status": {
             "addresses": [
@@ -84,8 +89,13 @@ def base_nodes() -> list[dict[str, Any]]:
     ]
 
 
-def gateway(pool: str, generation: int = 1, **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": pool, "generation": generation}, "spec": spec}
+def gateway(
+    pool: str, generation: int = 1, *, created: str | None = None, **spec: Any
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": pool, "generation": generation}
+    if created is not None:
+        meta["creationTimestamp"] = created
+    return {"metadata": meta, "spec": spec}
 
 
 def base_gateways() -> list[dict[str, Any]]:
@@ -99,6 +109,7 @@ def view(
     nodes: list[dict[str, Any]] | None = None,
     gateways: list[dict[str, Any]] | None = None,
     holders: dict[str, str] | None = None,
+    previous: ClusterView | None = None,
 ) -> ClusterView:
     holders = BASE_HOLDERS if holders is None else holders
     leases = {pool: {"spec": {"holderIdentity": h}} for pool, h in holders.items()}
@@ -106,11 +117,20 @@ def view(
         base_nodes() if nodes is None else nodes,
         base_gateways() if gateways is None else gateways,
         leases,
+        previous=previous,
     )
 
 
-def me(name: str) -> Identity:
-    return Identity(node_name=name, underlay_dev="eth0", wg_dev=WG)
+def me(name: str, **kw: Any) -> Identity:
+    return Identity(node_name=name, underlay_dev="eth0", wg_dev=WG, **kw)
+
+
+def without(*names: str) -> list[dict[str, Any]]:
+    """The base nodes but ``names``."""
+    return [n for n in base_nodes() if n["metadata"]["name"] not in names]
+
+
+POOLS = ("cloud", "edge-a", "edge-b")
 
 
 def via(gateway_node: str, *cidrs: str) -> tuple[RouteSpec, ...]:
@@ -257,59 +277,96 @@ def test_relay_spec_endpoint_wins_over_node_annotation() -> None:
     )
 
 
-NO_HOLDER_A = "pool edge-a: no active gateway (nobody holds the pool's lease)"
+NO_HOLDER_A = Problem(
+    "Pool", "edge-a", "", "NoActiveGateway", "nobody holds the pool's Lease: no active gateway",
+    ("edge-a",),
+)  # fmt: skip
 
 
-def test_pool_without_holder_members_keep_rule_only_and_others_drop_its_routes() -> None:
+def test_pool_without_holder_members_keep_rule_only_and_others_keep_routing_it() -> None:
+    # Nobody routes differently because edge-a has no gateway right now: a member's routes
+    # never depend on a remote pool's Lease (issue 9). Only the relay loses the carrying peer.
     cluster = view(holders={"cloud": "c1", "edge-b": "b1"})
     assert plan(cluster, me("a2")) == DesiredState(Role.MEMBER, (), RULE, problems=(NO_HOLDER_A,))
     assert plan(cluster, me("a1")) == DesiredState(Role.MEMBER, (), RULE, problems=(NO_HOLDER_A,))
     assert plan(cluster, me("c1")) == gateway_state(
-        Role.RELAY, EDGE_B, *RELAY_B, problems=(NO_HOLDER_A,)
+        Role.RELAY, EDGE_A + EDGE_B, *RELAY_B, *standby("a1", "a2", "a3"), problems=(NO_HOLDER_A,)
     )
-    assert plan(cluster, me("b2")) == DesiredState(
-        Role.MEMBER, via("b1", *CLOUD), RULE, problems=(NO_HOLDER_A,)
-    )
+    assert plan(cluster, me("b2")) == DesiredState(Role.MEMBER, via("b1", *CLOUD, *EDGE_A), RULE)
+    assert plan(cluster, me("b1")) == plan(view(), me("b1"))
 
 
 def test_holder_outside_the_pool_is_not_followed() -> None:
     cluster = view(holders={**BASE_HOLDERS, "edge-a": "c2"})
-    problem = "pool edge-a: lease holder c2 is not a node of the pool; no active gateway"
+    problem = Problem(
+        "Lease", "raven-gw-edge-a", "spec.holderIdentity", "HolderNotInPool",
+        "holder c2 is not a node of pool edge-a: no active gateway", ("edge-a",),
+    )  # fmt: skip
     assert plan(cluster, me("a2")) == DesiredState(Role.MEMBER, (), RULE, problems=(problem,))
-    assert plan(cluster, me("c2")) == DesiredState(
-        Role.MEMBER, via("c1", *EDGE_B), RULE, problems=(problem,)
+    assert plan(cluster, me("c2")) == DesiredState(Role.MEMBER, via("c1", *EDGE_A, *EDGE_B), RULE)
+
+
+def test_relay_without_holder_edge_gateways_keep_routes_but_have_no_peer() -> None:
+    cluster = view(holders={"edge-a": "a1", "edge-b": "b1"})
+    problem = Problem(
+        "Pool", "cloud", "", "NoActiveGateway", "nobody holds the pool's Lease: no active gateway",
+        POOLS,
+    )  # fmt: skip
+    assert plan(cluster, me("a1")) == gateway_state(
+        Role.GATEWAY, CLOUD + EDGE_B, problems=(problem,)
+    )
+    assert plan(cluster, me("b2")) == DesiredState(
+        Role.MEMBER, via("b1", *CLOUD, *EDGE_A), RULE, problems=(problem,)
     )
 
 
-def test_relay_without_holder_edges_cannot_reach_anything() -> None:
-    cluster = view(holders={"edge-a": "a1", "edge-b": "b1"})
-    problem = "pool cloud: no active gateway (nobody holds the pool's lease)"
-    assert plan(cluster, me("a1")) == gateway_state(Role.GATEWAY, (), problems=(problem,))
-    assert plan(cluster, me("b2")) == DesiredState(Role.MEMBER, (), RULE, problems=(problem,))
-
-
-OVERLAP = (
-    "pod CIDRs overlap between pools edge-a and edge-b (10.244.20.0/23 with 10.244.20.0/24,"
-    " 10.244.20.0/23 with 10.244.21.0/24); both pools refused"
-)
-
-
-def test_overlapping_pools_are_both_refused_and_others_unaffected() -> None:
-    cluster = view(overlapping_view_nodes())
-    assert plan(cluster, me("a2")) == DesiredState(problems=(OVERLAP,))
-    assert plan(cluster, me("b1")) == DesiredState(problems=(OVERLAP,))
-    assert plan(cluster, me("c1")) == gateway_state(Role.RELAY, (), problems=(OVERLAP,))
-    assert plan(cluster, me("c2")) == DesiredState(Role.MEMBER, (), RULE, problems=(OVERLAP,))
-    # A fourth pool is unaffected: it still reaches the cloud and the cloud reaches it.
-    extra = node("d1", "edge-d", "10.244.40.0/24")
-    cluster = view([*overlapping_view_nodes(), extra], holders={**BASE_HOLDERS, "edge-d": "d1"})
-    assert plan(cluster, me("d1")).routes == into_wg(*CLOUD)
-    assert plan(cluster, me("c2")).routes == via("c1", "10.244.40.0/24")
+EARLY, LATE = "2024-01-01T00:00:00Z", "2024-06-01T00:00:00Z"
+OVERLAP = Problem(
+    "Node", "a3", "spec.podCIDRs[0]", "PodCIDROverlap",
+    "10.244.20.0/23 overlaps pod CIDR 10.244.20.0/24 of node b1 (pool edge-b), created earlier;"
+    " refused: no pool routes it",
+    ("edge-a", "edge-b"),
+)  # fmt: skip
 
 
 def overlapping_view_nodes() -> list[dict[str, Any]]:
-    nodes = [n for n in base_nodes() if n["metadata"]["name"] != "a3"]
-    return [*nodes, node("a3", "edge-a", "10.244.20.0/23")]
+    """Every base node created early; a3 comes later with a /23 over edge-b's two /24s."""
+    nodes = without("a3")
+    for n in nodes:
+        n["metadata"]["creationTimestamp"] = EARLY
+    return [*nodes, node("a3", "edge-a", "10.244.20.0/23", created=LATE)]
+
+
+def shadowed(cidr: str, owner: str) -> Problem:
+    return Problem(
+        "Node", "a3", "spec.podCIDRs", "PodCIDROverlap",
+        f"10.244.20.0/23 overlaps {cidr} of node {owner} (pool edge-b); pool edge-a does not"
+        f" route {cidr}, so the pods of a3 stay reachable inside the pool",
+        ("edge-a",),
+    )  # fmt: skip
+
+
+def test_overlapping_pod_cidr_refuses_the_later_node_alone() -> None:
+    # Semantics changed: only a3's CIDR is refused, never both pools (DESIGN.md invariant 7).
+    # a3's own pool does not route what a3 claims, since a3's pods may live there.
+    cluster = view(overlapping_view_nodes())
+    edge_a = (A1, A2)
+    in_edge_a = tuple(sorted((OVERLAP, shadowed(B1, "b1"), shadowed(B2, "b2"))))
+    assert plan(cluster, me("a2")) == DesiredState(
+        Role.MEMBER, via("a1", *CLOUD), RULE, problems=in_edge_a
+    )
+    assert plan(cluster, me("a1")) == gateway_state(
+        Role.GATEWAY, CLOUD, PeerSpec(key("c1"), CLOUD, "198.18.0.1:51820", 5), problems=in_edge_a
+    )
+    assert plan(cluster, me("b2")) == DesiredState(
+        Role.MEMBER, via("b1", *CLOUD, *edge_a), RULE, problems=(OVERLAP,)
+    )
+    assert plan(cluster, me("c1")) == gateway_state(
+        Role.RELAY, edge_a + EDGE_B, PeerSpec(key("a1"), edge_a), *standby("a2", "a3"), *RELAY_B,
+        problems=(OVERLAP,),
+    )  # fmt: skip
+    # The cloud pool's members are not concerned: their plan is exactly as without a3's CIDR.
+    assert plan(cluster, me("c2")) == DesiredState(Role.MEMBER, via("c1", *edge_a, *EDGE_B), RULE)
 
 
 def test_node_without_pod_cidr_is_a_member_contributing_no_subnet() -> None:
@@ -329,14 +386,28 @@ def test_node_outside_any_pool_gets_nothing() -> None:
 
 
 def test_missing_public_key_leaves_the_peer_out_with_a_problem() -> None:
-    nodes = [n for n in base_nodes() if n["metadata"]["name"] not in ("b1", "c1")]
+    nodes = without("b1", "c1")
     nodes += [node("b1", "edge-b", B1, with_key=False)]
     nodes += [node("c1", "cloud", C1, with_key=False, endpoint="198.18.0.1:51820")]
     cluster = view(nodes)
-    edge_problem = "pool edge-b: gateway b1 has no published public key yet; peer left out"
-    relay_problem = "relay pool cloud: gateway c1 has no published public key yet; peer left out"
+    edge_problem = Problem(
+        "Node", "b1", KEY_FIELD, "NoPublicKey",
+        "gateway of pool edge-b has no valid public key published; the relay leaves its peer out",
+        ("edge-b",),
+    )  # fmt: skip
+    relay_problem = Problem(
+        "Node", "c1", KEY_FIELD, "NoPublicKey",
+        "gateway of pool cloud has no valid public key published; edge gateways cannot peer"
+        " with it",
+        POOLS,
+    )  # fmt: skip
+    # b2, a candidate with a key, stays a standby peer: it can take over at once.
     assert plan(cluster, me("c1")) == gateway_state(
-        Role.RELAY, EDGE_A + EDGE_B, *RELAY_A, problems=(edge_problem,)
+        Role.RELAY,
+        EDGE_A + EDGE_B,
+        *RELAY_A,
+        *standby("b2"),
+        problems=(edge_problem, relay_problem),
     )
     assert plan(cluster, me("a1")) == gateway_state(
         Role.GATEWAY, CLOUD + EDGE_B, problems=(relay_problem,)
@@ -346,47 +417,96 @@ def test_missing_public_key_leaves_the_peer_out_with_a_problem() -> None:
 def test_invalid_key_annotation_counts_as_missing_and_is_named() -> None:
     bad = node("b1", "edge-b", B1)
     bad["metadata"]["annotations"][PUBLIC_KEY_ANNOTATION] = "not-a-key"
-    cluster = view([n for n in base_nodes() if n["metadata"]["name"] != "b1"] + [bad])
+    cluster = view([*without("b1"), bad])
     assert plan(cluster, me("c1")).problems == (
-        "node b1: annotation raven.io/public-key is not a WireGuard public key (base64 of 32"
-        " bytes), got 'not-a-key'; ignored",
-        "pool edge-b: gateway b1 has no published public key yet; peer left out",
+        Problem(
+            "Node", "b1", KEY_FIELD, "InvalidPublicKey",
+            "not a WireGuard public key (base64 of 32 bytes), got 'not-a-key'; ignored",
+            ("edge-b",),
+        ),
+        Problem(
+            "Node", "b1", KEY_FIELD, "NoPublicKey",
+            "gateway of pool edge-b has no valid public key published; the relay leaves its"
+            " peer out",
+            ("edge-b",),
+        ),
+    )  # fmt: skip
+    assert plan(cluster, me("c1")).peers == tuple(sorted((*RELAY_A, *standby("b2"))))
+
+
+NO_RELAY = Problem(
+    "Cluster", "", "", "NoRelayPool",
+    "no Gateway sets spec.relay: true; pools cannot reach each other", POOLS,
+)  # fmt: skip
+
+
+def test_no_relay_pool_gateways_have_no_peer_and_members_keep_routing() -> None:
+    cluster = view(gateways=[gateway("cloud"), gateway("edge-a"), gateway("edge-b")])
+    assert plan(cluster, me("c1")) == gateway_state(
+        Role.GATEWAY, EDGE_A + EDGE_B, problems=(NO_RELAY,)
     )
-    assert plan(cluster, me("c1")).peers == tuple(sorted(RELAY_A))
+    assert plan(cluster, me("a1")) == gateway_state(
+        Role.GATEWAY, CLOUD + EDGE_B, problems=(NO_RELAY,)
+    )
+    assert plan(cluster, me("a2")) == DesiredState(
+        Role.MEMBER, via("a1", *CLOUD, *EDGE_B), RULE, problems=(NO_RELAY,)
+    )
 
 
-def test_no_relay_pool_and_several_relay_pools_mean_no_relay() -> None:
-    for gws, problem in [
-        (
-            [gateway("cloud"), gateway("edge-a"), gateway("edge-b")],
-            "no relay pool: no Gateway sets spec.relay: true",
-        ),
-        (
-            [gateway("cloud", relay=True), gateway("edge-a", relay=True), gateway("edge-b")],
-            "several relay pools (cloud, edge-a): exactly one Gateway may set spec.relay: true;"
-            " no relay is used",
-        ),
-    ]:
-        cluster = view(gateways=gws)
-        assert plan(cluster, me("c1")) == gateway_state(Role.GATEWAY, (), problems=(problem,))
-        assert plan(cluster, me("a2")) == DesiredState(Role.MEMBER, (), RULE, problems=(problem,))
+@pytest.mark.parametrize(
+    ("cloud_created", "edge_a_created", "relay", "refused"),
+    [
+        (EARLY, LATE, "cloud", "edge-a"),
+        (LATE, EARLY, "edge-a", "cloud"),
+        (None, None, "cloud", "edge-a"),  # no timestamps: by name
+        (EARLY, None, "cloud", "edge-a"),  # a missing timestamp counts as latest
+    ],
+)
+def test_a_second_relay_claim_is_refused_alone(
+    cloud_created: str | None, edge_a_created: str | None, relay: str, refused: str
+) -> None:
+    # Semantics changed: several relay Gateways used to mean no relay at all (every cross-pool
+    # path cut by one object); now the oldest claim wins and the later one alone is refused.
+    cluster = view(
+        gateways=[
+            gateway("cloud", relay=True, created=cloud_created),
+            gateway("edge-a", relay=True, created=edge_a_created),
+            gateway("edge-b", keepaliveSeconds=25),
+        ]
+    )
+    problem = Problem(
+        "Gateway", refused, "spec.relay", "DuplicateRelay",
+        f"pool {relay} is the relay already (its Gateway is older); pool {refused} is served"
+        f" as an edge pool",
+        (refused,),
+    )  # fmt: skip
+    assert cluster.relay == relay
+    assert plan(cluster, me("c1")).role == (Role.RELAY if relay == "cloud" else Role.GATEWAY)
+    assert plan(cluster, me("a1")).role == (Role.RELAY if relay == "edge-a" else Role.GATEWAY)
+    assert problem in plan(cluster, me({"cloud": "c2", "edge-a": "a2"}[refused])).problems
+    assert pool_status(cluster, refused)["conditions"][4] == {
+        "type": "InputAccepted", "status": "False", "reason": "DuplicateRelay",
+        "message": str(problem), "observedGeneration": 1,
+    }  # fmt: skip
+    if relay == "cloud":
+        assert plan(cluster, me("b1")) == plan(view(), me("b1"))
 
 
 def test_invalid_gateway_spec_keeps_last_valid_spec_and_names_the_field() -> None:
     good = view()
     bad_gws = [gateway("cloud", relay=True, tunnelPort=70000), *base_gateways()[1:]]
-    leases = {p: {"spec": {"holderIdentity": h}} for p, h in BASE_HOLDERS.items()}
-    cluster = cluster_view(base_nodes(), bad_gws, leases, previous=good)
-    problem = (
-        "pool cloud: Gateway spec refused (keeping the last valid spec): spec.tunnelPort must be"
-        " less than or equal to 65535, got 70000"
-    )
+    cluster = view(gateways=bad_gws, previous=good)
+    problem = Problem(
+        "Gateway", "cloud", "spec.tunnelPort", "InvalidSpec",
+        "must be less than or equal to 65535, got 70000; keeping the last valid spec",
+        POOLS,  # the relay's Gateway concerns every pool
+    )  # fmt: skip
     # Bad input changes nothing else: the relay stays the relay.
     assert plan(cluster, me("c1")) == gateway_state(
         Role.RELAY, EDGE_A + EDGE_B, *RELAY_PEERS, problems=(problem,)
     )
     # Without a last valid spec the pool falls back to defaults, which are not a relay.
-    fresh = cluster_view(base_nodes(), bad_gws, leases)
+    fresh = view(gateways=bad_gws)
     assert plan(fresh, me("c1")).role == Role.GATEWAY
     assert pool_status(fresh, "cloud")["conditions"][0] == {
         "type": "SpecValid",
@@ -427,30 +547,41 @@ def test_pool_status_for_an_edge_pool() -> None:
         "conditions": [
             {"type": "SpecValid", "status": "True", "reason": "Valid",
              "message": "spec is valid", "observedGeneration": 1},
-            {"type": "SubnetsAccepted", "status": "True", "reason": "NoOverlap",
-             "message": "pod CIDRs are unique", "observedGeneration": 1},
+            {"type": "SubnetsAccepted", "status": "True", "reason": "Accepted",
+             "message": "every pod CIDR of the pool is accepted", "observedGeneration": 1},
             {"type": "GatewayActive", "status": "True", "reason": "LeaseHeld",
              "message": "b1 holds the lease", "observedGeneration": 1},
             {"type": "RelayAvailable", "status": "True", "reason": "RelayActive",
              "message": "relay pool cloud, gateway c1", "observedGeneration": 1},
+            {"type": "InputAccepted", "status": "True", "reason": "Accepted",
+             "message": "no input concerning this pool is refused", "observedGeneration": 1},
         ],
     }  # fmt: skip
 
 
-def test_pool_status_for_refused_pool_without_holder() -> None:
+def test_pool_status_names_the_refused_node_and_field_in_both_pools() -> None:
     cluster = view(overlapping_view_nodes(), holders={"cloud": "c1", "edge-b": "b1"})
     status = pool_status(cluster, "edge-a")
     assert (status["activeNode"], status["endpoint"], status["publicKey"]) == ("", "", "")
-    assert status["subnets"] == [A1, A2, "10.244.20.0/23"]
-    assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
-        ("SpecValid", "True", "Valid"),
-        ("SubnetsAccepted", "False", "OverlappingPodCIDRs"),
-        ("GatewayActive", "False", "NoHolder"),
-        ("RelayAvailable", "True", "RelayActive"),
+    assert status["subnets"] == [A1, A2]
+    assert [(c["type"], c["status"], c["reason"], c["message"]) for c in status["conditions"]] == [
+        ("SpecValid", "True", "Valid", "spec is valid"),
+        ("SubnetsAccepted", "False", "PodCIDROverlap", str(OVERLAP)),
+        ("GatewayActive", "False", "NoHolder", "nobody holds the pool's lease"),
+        ("RelayAvailable", "True", "RelayActive", "relay pool cloud, gateway c1"),
+        ("InputAccepted", "False", "PodCIDROverlap", str(OVERLAP)),
     ]
-    assert status["conditions"][1]["message"] == OVERLAP
-    relay_status = pool_status(cluster, "cloud")
-    assert relay_status["endpoint"] == "198.18.0.1:51820"  # the node's published endpoint
+    assert str(OVERLAP) == (
+        "Node a3 spec.podCIDRs[0]: 10.244.20.0/23 overlaps pod CIDR 10.244.20.0/24 of node b1"
+        " (pool edge-b), created earlier; refused: no pool routes it"
+    )
+    # edge-b's own CIDRs are all accepted, but it hears of the node that clashed with it.
+    b_conditions = {c["type"]: c for c in pool_status(cluster, "edge-b")["conditions"]}
+    assert (b_conditions["SubnetsAccepted"]["status"], b_conditions["InputAccepted"]["status"]) == (
+        "True", "False",
+    )  # fmt: skip
+    assert pool_status(cluster, "cloud")["endpoint"] == "198.18.0.1:51820"  # published endpoint
+    assert pool_status(cluster, "cloud")["conditions"][4]["status"] == "True"
 
 
 def test_relay_standby_peers_follow_the_candidate_selector_and_move_allowed_ips() -> None:

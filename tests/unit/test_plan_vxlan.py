@@ -15,6 +15,7 @@ import pytest
 
 from raven.model import (
     DesiredState,
+    Problem,
     Role,
     RouteSpec,
     RuleSpec,
@@ -213,19 +214,33 @@ def test_ipv6_underlay_overheads_and_the_mac_from_a_hash() -> None:
 def test_a_gateway_of_another_address_family_is_refused_by_name() -> None:
     state = plan(view(a1="fd00:10::10"), me("a2"))
     assert (state.routes, state.vxlan) == ((), None)
-    assert (
-        "node a2: InternalIP 192.168.11.10 and gateway a1's fd00:10::10 are of different"
-        " families, so no VXLAN link can join them; no routes"
-    ) in state.problems
+    assert state.problems == (
+        Problem(
+            "Node",
+            "a2",
+            "status.addresses",
+            "AddressFamilyMismatch",
+            "InternalIP 192.168.11.10 and gateway a1's fd00:10::10 are of different families,"
+            " so no VXLAN link can join them; no routes",
+            ("edge-a",),
+        ),
+    )
 
 
 def test_a_member_without_internal_ip_cannot_use_vxlan_and_says_so() -> None:
     state = plan(view(a2=""), me("a2"))
     assert (state.routes, state.vxlan) == ((), None)
-    assert (
-        "node a2: no InternalIP to reach gateway a1 (192.168.10.10), which is not on-link,"
-        " over VXLAN; no routes"
-    ) in state.problems
+    assert state.problems == (
+        Problem(
+            "Node",
+            "a2",
+            "status.addresses",
+            "NoInternalIP",
+            "no usable InternalIP to reach gateway a1 (192.168.10.10), which is not on-link,"
+            " over VXLAN; no routes",
+            ("edge-a",),
+        ),
+    )
 
 
 def test_nodes_outside_every_pool_get_nothing() -> None:
