@@ -84,7 +84,7 @@ class Observed:
     """Everything one round reads. ``nodes``/``gateways`` map names to the watched objects;
     ``leases`` maps pools to their watched Lease (only the pools the watch covers)."""
 
-    synced: bool
+    synced: bool  # Nodes and Gateways listed
     now: float  # wall clock, seconds (conditions, handshake ages)
     clock: float  # monotonic seconds (beacon silence)
     nodes: Mapping[str, JSON] = field(default_factory=dict)
@@ -96,6 +96,7 @@ class Observed:
     probes: Mapping[str, ProbeWindow] = field(default_factory=dict)
     beacons: Mapping[str, float] = field(default_factory=dict)  # node -> clock of last fit one
     resync: bool = False  # the kernel should be compared afresh (timer, drift, failed apply)
+    leases_synced: bool = True  # the Leases of the pools the plan needs are listed
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,11 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
     if not obs.synced:
         # Nothing is known yet: the kernel stays exactly as found (DESIGN invariant 4).
         return Decision(election=None, lease_scope=None), mem
+    if not obs.leases_synced:
+        # Nodes and Gateways say which pools' Leases the plan needs (it does not depend on the
+        # holders); until those are listed, nothing is planned.
+        view = cluster_view(obs.nodes.values(), obs.gateways.values(), {}, pool_label=p.pool_label)
+        return Decision(election=None, lease_scope=leases_needed(view, p.node_name)), mem
 
     raw_nodes = obs.nodes
     me_raw = as_mapping(raw_nodes.get(p.node_name))
@@ -329,12 +335,20 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
     status_write: tuple[str, JSON] | None = None
     status, status_at, reported = mem.status, mem.status_at, mem.reported
     if carrying_pool and desired is not None and pool is not None:
+        orphans = _unreported(view) if role == Role.RELAY else frozenset()
         built = gateway_status.build(
-            view, pool, desired, obs.tunnel, obs.probes, now=obs.now, previous=mem.status
+            view,
+            pool,
+            desired,
+            obs.tunnel,
+            obs.probes,
+            now=obs.now,
+            previous=mem.status,
+            problems=orphans,
         )
         # Each refusal the pool depends on gets one Warning on its Gateway, naming the object
         # and the field; one that is gone and comes back is reported again.
-        refusals = frozenset(p for p in view.problems if pool in p.pools)
+        refusals = frozenset(p for p in view.problems if pool in p.pools) | orphans
         for problem in sorted(refusals - reported):
             events.append(EventSpec(pool, uid, "Warning", problem.reason, str(problem)))
         reported = refusals
@@ -385,6 +399,16 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         reported=reported,
     )
     return decision, memory
+
+
+def _unreported(view: ClusterView) -> frozenset[Problem]:
+    """Refusals no pool gateway reports, so the relay does: those of no pool, and those whose
+    pools all lack an active gateway (a bad Node alone in a new pool has nobody else)."""
+    return frozenset(
+        p
+        for p in view.problems
+        if not p.pools or all(not view.holders.get(pool) for pool in p.pools)
+    )
 
 
 def _annotation_delta(

@@ -66,6 +66,13 @@ from raven.view import lease_holder
 log = logging.getLogger("raven.agent")
 
 
+class _Unset:
+    """No Lease watch chosen yet."""
+
+
+UNSET = _Unset()
+
+
 def lease_selector(scope: frozenset[str] | None) -> str:
     """The label selector of a Lease watch covering ``scope`` (None: every pool's)."""
     if scope is None:
@@ -129,9 +136,11 @@ class Agent:
         )
         self.nodes = Informer(self.client, NODES)
         self.gateways = Informer(self.client, GATEWAYS)
-        # Every Raven Lease until the first round says which pools the plan needs.
-        self.lease_scope: frozenset[str] | None = None
-        self.leases: Informer | None = self._lease_informer(None)
+        # No Lease watch until the first round says which pools the plan needs: a watch of
+        # other pools (say, every pool's) might come from a cache proxy's stale copy while the
+        # cloud is away, and a plan made from it would undo the data path.
+        self.lease_scope: frozenset[str] | None | _Unset = UNSET
+        self.leases: Informer | None = None
         self._next_leases: tuple[frozenset[str] | None, Informer | None] | None = None
         self._make_dataplane = dataplane or (lambda: KernelDataPlane(settings))
         self._plane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
@@ -365,7 +374,8 @@ class Agent:
     async def observe(self) -> Observed:
         self._swap_lease_watch()
         assert self.dataplane is not None
-        synced = all(i.synced for i in (self.nodes, self.gateways)) and (
+        synced = all(i.synced for i in (self.nodes, self.gateways))
+        leases_synced = not isinstance(self.lease_scope, _Unset) and (
             self.leases is None or self.leases.synced
         )
         addresses = await self._plane(self.dataplane.addresses)
@@ -391,6 +401,7 @@ class Agent:
         resync, self._resync_due = self._resync_due, False
         return Observed(
             synced=synced,
+            leases_synced=leases_synced,
             now=time.time(),
             clock=time.monotonic(),
             nodes=self.nodes.view(),
@@ -409,8 +420,10 @@ class Agent:
         decision, self.memory = decide(observed, self.memory, self.params)
         self.decision = decision
         self.stats.rounds += 1
-        if not observed.synced:
+        if not (observed.synced and observed.leases_synced):
             self._resync_due = observed.resync or self._resync_due
+            if observed.synced:
+                self._retarget_leases(decision.lease_scope)  # the first round: which Leases
             return decision
         await self._apply(decision)
         for note in decision.notes:
@@ -595,17 +608,30 @@ class Agent:
             watched=lambda: self._watched_lease(name),
         )
 
-    def _retarget(self, decision: Decision) -> None:
-        if decision.lease_scope != self.lease_scope and (
-            self._next_leases is None or self._next_leases[0] != decision.lease_scope
+    def _retarget_leases(self, scope: frozenset[str] | None) -> None:
+        """Start watching ``scope``'s Leases; the watch in use is swapped once it has listed."""
+        if scope == self.lease_scope or (
+            self._next_leases is not None and self._next_leases[0] == scope
         ):
-            if self._next_leases is not None and self._next_leases[1] is not None:
-                stale = self._next_leases[1]
-                asyncio.ensure_future(stale.stop())
-            informer = self._lease_informer(decision.lease_scope)
-            if informer is not None:
-                informer.start()
-            self._next_leases = (decision.lease_scope, informer)
+            return
+        if self._next_leases is not None and self._next_leases[1] is not None:
+            asyncio.ensure_future(self._next_leases[1].stop())
+        informer = self._lease_informer(scope)
+        if informer is not None:
+            informer.start()
+            asyncio.ensure_future(self._wake_when_synced(informer))
+        else:
+            self._dirty.set()  # a watch of nothing is ready at once
+        self._next_leases = (scope, informer)
+
+    async def _wake_when_synced(self, informer: Informer) -> None:
+        """A new Lease watch's first listing starts a round, even when it lists nothing."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await informer.wait_synced()
+            self._dirty.set()
+
+    def _retarget(self, decision: Decision) -> None:
+        self._retarget_leases(decision.lease_scope)
         self.prober.set_targets(decision.probe_source, decision.probe_targets)
         plan = decision.beacons
         where = self._beacon_addresses

@@ -11,12 +11,12 @@ change of the first kind is written at once, figures alone at most every ``refre
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.dump import DeviceStatus
 from gateway.probe import WINDOW_SECONDS, ProbeWindow
-from raven.model import DesiredState
+from raven.model import DesiredState, Problem
 from raven.plan import pool_status
 from raven.view import ClusterView
 
@@ -76,10 +76,12 @@ def build(
     *,
     now: float,
     previous: Mapping[str, Any] | None,
+    problems: Iterable[Problem] = (),
 ) -> dict[str, Any]:
     """The whole status of ``pool``'s Gateway as its active gateway sees it at ``now``.
-    ``previous`` (the status last written) keeps each condition's lastTransitionTime."""
-    status = pool_status(view, pool)
+    ``previous`` (the status last written) keeps each condition's lastTransitionTime;
+    ``problems`` are refusals it reports besides its own pool's."""
+    status = pool_status(view, pool, also=problems)
     peers = peer_entries(desired, view, tunnel, probes, now)
     status["peers"] = peers
     status["peersReady"] = f"{sum(p['state'] == 'Up' for p in peers)}/{len(peers)}"
@@ -98,10 +100,13 @@ def build(
 
 
 def structure(status: Mapping[str, Any]) -> dict[str, Any]:
-    """``status`` without the figures that drift with every probe."""
+    """``status`` with the figures that drift with every probe reduced to whether they are
+    known: a figure appearing or vanishing is news, its value moving is not."""
     out = {k: v for k, v in status.items() if k != "rtt"}
+    out["rtt"] = bool(status.get("rtt"))
     out["peers"] = [
-        {k: v for k, v in peer.items() if k not in FIGURES} for peer in status.get("peers", [])
+        {k: (v not in (None, "")) if k in FIGURES else v for k, v in peer.items()}
+        for peer in status.get("peers", [])
     ]
     return out
 

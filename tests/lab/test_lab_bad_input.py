@@ -96,18 +96,21 @@ def test_a_node_claiming_every_address_is_refused_alone(running: Running) -> Non
         assert created.returncode == 0, created.stderr
         try:
 
+            # Its own pool has no gateway to say so: the relay does, on its Gateway.
             def refused() -> bool:
                 gws = json.loads(running.kubectl("get", "gw", "-o", "json").stdout)["items"]
-                edge_a = next(g for g in gws if g["metadata"]["name"] == "edge-a")
-                conditions = (edge_a.get("status") or {}).get("conditions", [])
+                relay = next(g for g in gws if (g.get("spec") or {}).get("relay"))
+                conditions = (relay.get("status") or {}).get("conditions", [])
                 return any(
-                    c["status"] == "False" and "rogue-1" in c.get("message", "")
+                    c["type"] == "InputAccepted"
+                    and c["status"] == "False"
+                    and "rogue-1" in c.get("message", "")
                     for c in conditions
                 )
 
-            wait_for(refused, 30, "a condition on edge-a naming the refused Node")
-            out = running.describe("gw", "edge-a")
-            assert "rogue-1" in out and "podCIDR" in out
+            wait_for(refused, 30, "a condition on the relay's Gateway naming the refused Node")
+            out = running.describe("gw", "cloud")
+            assert "rogue-1" in out and "spec.podCIDRs[0]" in out
             wait_for(
                 lambda: any("rogue-1" in e.get("message", "") for e in running.events()),
                 30,

@@ -394,3 +394,33 @@ def test_the_round_never_raises_whatever_the_objects(extra: list[Any], mine: Any
             observed("a2", nodes=nodes, gateways=gws, leases=leases, clock=clock), mem, params("a2")
         )
         assert isinstance(decision.notes, tuple)
+
+
+def test_before_the_needed_leases_are_listed_only_the_lease_watch_is_chosen() -> None:
+    d = first("a2", leases_synced=False)
+    assert d.steps is None and d.election is None
+    assert d.lease_scope == frozenset({"edge-a", "cloud"})
+
+
+def test_the_relay_reports_a_refusal_no_pool_gateway_can() -> None:
+    """A Node claiming 0.0.0.0/0, alone in a pool of its own, has no gateway to report it: the
+    relay does, on its Gateway and in an Event; the other pools are untouched."""
+    nodes = cluster("c1", "c2", "a1", "a2", "a3", "b1")
+    rogue = node("b1", pool="edge-rogue")
+    rogue["metadata"]["name"] = "rogue-1"
+    rogue["spec"] = {"podCIDR": "0.0.0.0/0", "podCIDRs": ["0.0.0.0/0"]}
+    rogue["metadata"]["annotations"] = {}
+    rogue["status"]["addresses"] = [{"type": "InternalIP", "address": "192.168.5.5"}]
+    nodes["rogue-1"] = rogue
+    relay = first("c1", nodes=nodes)
+    warnings = [e for e in relay.events if e.type == "Warning"]
+    assert [(e.pool, e.uid) for e in warnings] == [("cloud", "uid-cloud")]
+    assert "rogue-1" in warnings[0].message and "spec.podCIDRs[0]" in warnings[0].message
+    assert relay.status is not None
+    accepted = next(c for c in relay.status[1]["conditions"] if c["type"] == "InputAccepted")
+    assert accepted["status"] == "False" and "rogue-1" in accepted["message"]
+    # Nobody else reports it, and every other plan is what it was.
+    edge = first("a1", nodes=nodes)
+    assert all(e.type != "Warning" for e in edge.events)
+    for name in ("a1", "a2", "b1", "c1", "c2"):
+        assert first(name, nodes=nodes).steps == first(name).steps
