@@ -170,6 +170,7 @@ class Agent:
         self._resync_due = True
         self.ready = False  # synced, and the last apply succeeded
         self.metrics = AgentMetrics()
+        self.metrics.ready.set_function(lambda: 1.0 if self._readiness()[0] else 0.0)
         self.health: HealthServer | None = None
         self._round_started: float | None = None  # monotonic, while a round runs
         self._looping = False
@@ -436,7 +437,6 @@ class Agent:
 
     def _measure(self, observed: Observed, decision: Decision) -> None:
         m, view = self.metrics, self.memory.view
-        m.ready.set(1 if self._readiness()[0] else 0)
         writes = getattr(self.dataplane, "writes_by_kind", None)
         if callable(writes):
             m.kernel_writes(writes())
