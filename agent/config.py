@@ -37,9 +37,7 @@ class AgentSettings(BaseSettings):
         max_length=15,
         description="WireGuard device name; must be unique on the host with wireguard-go",
     )
-    pool_label: str = Field(
-        default=POOL_LABEL, description="Node label naming the pool"
-    )
+    pool_label: str = Field(default=POOL_LABEL, description="Node label naming the pool")
     vxlan_interface: str | None = Field(
         default=None,
         min_length=1,
@@ -71,18 +69,56 @@ class AgentSettings(BaseSettings):
         default=DEFAULT_LEASE_NAMESPACE, description="Namespace of the per-pool Leases"
     )
     lease_duration: float = Field(
-        default=2.0,
+        default=24.0,
         gt=0,
         description=(
-            "Seconds a Lease stays valid without renewal (whole seconds); a crashed gateway is"
-            " replaced after about this long"
+            "Seconds a Lease stays valid without renewal (whole seconds). Beacons notice a"
+            " crashed gateway long before; expiry is the fallback when no beacon was ever heard"
+            " from the holder"
         ),
     )
     lease_renew: float = Field(
-        default=0.5, gt=0, description="Seconds between renewals by the holder"
+        default=8.0,
+        gt=0,
+        description="Seconds between renewals by the holder: the pool's only steady API writes",
     )
     lease_retry: float = Field(
-        default=0.25, gt=0, description="Seconds between campaign attempts of the other candidates"
+        default=1.0,
+        gt=0,
+        description=(
+            "Seconds between looks at the watched Lease by the other candidates (no requests);"
+            " a released Lease wakes them at once"
+        ),
+    )
+    beacon_port: int = Field(
+        default=10263, ge=1, le=65535, description="UDP port of the gateway beacons"
+    )
+    beacon_host: str = Field(
+        default="0.0.0.0", description="Address the beacon socket binds (all addresses by default)"
+    )
+    beacon_interval: float = Field(
+        default=0.25, gt=0, description="Seconds between the active gateway's beacons"
+    )
+    beacon_timeout: float = Field(
+        default=1.25,
+        gt=0,
+        description=(
+            "Seconds without a beacon from the active gateway after which the first-ranked"
+            " candidate takes its Lease over (a crashed gateway is replaced after about this long)"
+        ),
+    )
+    beacon_stagger: float = Field(
+        default=0.25,
+        ge=0,
+        description="Extra seconds of patience per rank, so one candidate usually writes alone",
+    )
+    status_refresh: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Seconds between Gateway status writes when only probe figures (RTT, loss, handshake"
+            " times) changed; any other change is written at once"
+        ),
     )
     dead_tunnel_rounds: int = Field(
         default=3,
@@ -96,6 +132,20 @@ class AgentSettings(BaseSettings):
         default=30.0,
         gt=0,
         description="Seconds a gateway that stepped down stays out of its pool's election",
+    )
+    health_host: str = Field(
+        default="0.0.0.0", description="Address of /healthz, /readyz and /metrics"
+    )
+    health_port: int = Field(
+        default=10262,
+        ge=0,
+        le=65535,
+        description="Port of /healthz, /readyz and /metrics (0: no endpoint)",
+    )
+    log_format: str = Field(
+        default="console",
+        pattern="^(console|json)$",
+        description="console (one readable line per record) or json (one object per line)",
     )
     resync: float = Field(
         default=10.0, gt=0, description="Seconds between full reconciles when nothing changed"

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from agent.config import AgentSettings
+from raven.logs import configure as configure_logging
 
 app = typer.Typer(add_completion=False)
 
@@ -37,14 +38,15 @@ def run(
     cleanup: Annotated[
         bool, typer.Option("--cleanup", help="Remove all Raven state, then exit")
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="console or json (env RAVEN_LOG_FORMAT; default console)"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """The Raven node agent."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     given: dict[str, Any] = {
+        "log_format": log_format,
         "node_name": node_name,
         "kubeconfig": kubeconfig,
         "state_dir": state_dir,
@@ -61,6 +63,7 @@ def run(
             field = ".".join(str(p) for p in problem["loc"])
             typer.echo(f"raven-agent: bad setting {field}: {problem['msg']}", err=True)
         raise typer.Exit(2) from None
+    configure_logging(settings.log_format, level=logging.DEBUG if verbose else logging.INFO)
     if cleanup:
         from agent.uninstall import uninstall
 

@@ -1,216 +1,336 @@
-"""The agent's main loop: observe the cluster, plan this node's data path, apply it, report.
+"""The agent's executor: observe, run the round once, apply, report, in that order.
 
-One direction only: informers (Nodes, Gateways, Leases) and the pool's elector mark the state
-dirty; one reconcile builds a :class:`~raven.view.ClusterView`, asks the pure planner for the
-desired state and hands it to the reconcilers, which change only the difference. Nothing is
-ever flushed: until the first successful list the kernel is left exactly as found, and when the
-API server goes away the last plan stays applied (DESIGN invariant 4).
+Everything the agent decides is decided by :func:`agent.round.decide` (pure); this module only
+does I/O around it. A round starts when something the plan reads may have changed (an informer
+event, the elector, a probe flipping, the kernel drifting, a silent gateway's patience running
+out) or when the resync timer fires. Each round:
+
+1. observes: the watched Nodes, Gateways and Leases (no copies), the elector's state, the
+   kernel's addresses, the tunnel's peers, the probe windows, the beacons heard;
+2. decides, once;
+3. applies the steps to the data plane (its own thread), each one isolated from the others;
+4. reports: Node annotations, Events, Gateway status;
+5. hands the election its wish, narrows the Lease watch to the pools the plan needs, retargets
+   probes and beacons.
+
+Nothing is ever flushed: until the first successful list the kernel is left exactly as found,
+and when the API server goes away the last plan stays applied (DESIGN invariant 4).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
-import functools
+import ipaddress
 import logging
+import os
 import signal
-from collections.abc import Mapping
+import socket
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.config import AgentSettings
-from agent.dataplane import DataPlane
-from agent.events import EventRecorder
-from agent.probe import PROBE_INTERVAL, Prober, local_probe_address
-from gateway import keys
+from agent.dataplane import DataPlane, KernelDataPlane
+from agent.metrics import AgentMetrics
+from agent.round import (
+    BeaconPlan,
+    Decision,
+    ElectionState,
+    ElectionWish,
+    Memory,
+    Observed,
+    Params,
+    decide,
+)
+from agent.steps import SetPeers, Step
+from gateway import beacon, keys
+from gateway.probe import PROBE_INTERVAL, Prober
+from gateway.status import peer_entries
 from raven.aio import cancel_and_wait
-from raven.gatewayspec import selector_matches
+from raven.healthserver import HealthServer
 from raven.kube import GATEWAYS, NODES, KubeClient, KubeError, leases, load_config
 from raven.kube.election import LeaseElector, LeaseTimings
+from raven.kube.events import EventRecorder
 from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.informer import Informer
-from raven.kube.nodes import publish_node_annotations, publish_tunnel_identity
-from raven.model import DesiredState, Role
-from raven.names import PROBE_ANNOTATION, PUBLIC_KEY_ANNOTATION, lease_name, pool_of_lease
+from raven.kube.nodes import publish_node_annotations
+from raven.model import PeerSpec, Role
+from raven.names import LEASE_POOL_LABEL, lease_name, pool_of_lease
 from raven.netlink.monitor import KernelWatch
-from raven.plan import analyse, plan, pool_status
-from raven.view import (
-    ClusterView,
-    NodeView,
-    cluster_view,
-    lease_holder,
-    node_from_k8s,
-)
+from raven.view import lease_holder
 
 log = logging.getLogger("raven.agent")
 
-#: Conditions that say the pool's own input was refused; each gets one Warning Event.
-REFUSAL_CONDITIONS = ("SpecValid", "SubnetsAccepted")
+
+class _Unset:
+    """No Lease watch chosen yet."""
 
 
-def leases_by_pool(objs: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Lease name -> object, narrowed to Raven's per-pool Leases and keyed by pool."""
-    return {pool: obj for name, obj in objs.items() if (pool := pool_of_lease(name)) is not None}
+UNSET = _Unset()
 
 
-def sticky_holders(
-    leases: Mapping[str, Mapping[str, Any]], last: dict[str, str]
-) -> dict[str, Mapping[str, Any]]:
-    """Pool -> Lease, where a Lease that names nobody (released, or a new pool's first moments)
-    is replaced by one naming ``last[pool]``, the holder seen before. Records every named holder
-    in ``last``. A holder that left the pool is still refused by the planner."""
-    out: dict[str, Mapping[str, Any]] = dict(leases)
-    for pool, lease in leases.items():
-        holder = lease_holder(lease)
-        if holder:
-            last[pool] = holder
-    for pool, holder in last.items():
-        if not lease_holder(out.get(pool)):
-            out[pool] = {"spec": {"holderIdentity": holder}}
-    return out
+def lease_selector(scope: frozenset[str] | None) -> str:
+    """The label selector of a Lease watch covering ``scope`` (None: every pool's)."""
+    if scope is None:
+        return LEASE_POOL_LABEL
+    return f"{LEASE_POOL_LABEL} in ({','.join(sorted(scope))})"
 
 
-def carrying(desired: DesiredState) -> DesiredState:
-    """``desired`` with only the peers that carry traffic (the relay's standby peers, which
-    have no AllowedIPs, are neither probed nor reported)."""
-    return dataclasses.replace(desired, peers=tuple(p for p in desired.peers if p.allowed_ips))
+@dataclass
+class Stats:
+    """What the agent did, for metrics and tests."""
+
+    rounds: int = 0
+    applied: int = 0
+    apply_failures: int = 0
+    status_writes: int = 0
+    annotation_writes: int = 0
+    last_apply_ok: bool = False
 
 
 class Agent:
-    """One node's agent. ``await Agent(settings).run()`` until SIGTERM."""
+    """One node's agent. ``await Agent(settings).run()`` until SIGTERM (or :meth:`stop`).
 
-    def __init__(self, settings: AgentSettings) -> None:
+    ``dataplane`` and ``client`` replace the kernel and the kubeconfig's API server (the
+    simulated fleet and the tests pass a recording data plane); ``probing=False`` turns the
+    tunnel probes off where no tunnel carries packets, ``prober`` replaces the pinging one.
+    ``beacon_addresses`` maps a node's InternalIP to the address its beacon socket really
+    listens on, for many simulated nodes in one process (each on its own loopback address).
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        client: KubeClient | None = None,
+        dataplane: Callable[[], DataPlane] | None = None,
+        probing: bool = True,
+        prober: Prober | None = None,
+        watch_kernel: bool = True,
+        handle_signals: bool = True,
+        beacon_addresses: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
-        self.client = KubeClient(load_config(settings.kubeconfig))
+        self.client = client or KubeClient(load_config(settings.kubeconfig))
         self.keypair = keys.load_or_create(settings.state_dir)
+        self.params = Params(
+            node_name=settings.node_name,
+            public_key=self.keypair.public_key,
+            pool_label=settings.pool_label,
+            wg_dev=settings.wg_interface,
+            vxlan_dev=settings.vxlan_dev,
+            vxlan_vni=settings.vxlan_vni,
+            vxlan_port=settings.vxlan_port,
+            table=settings.table,
+            rule_priority=settings.rule_priority,
+            dead_tunnel_rounds=settings.dead_tunnel_rounds,
+            beacon_timeout=settings.beacon_timeout,
+            beacon_stagger=settings.beacon_stagger,
+            status_refresh=settings.status_refresh,
+            probing=probing,
+            protected=api_addresses(self.client.config.server),
+        )
         self.nodes = Informer(self.client, NODES)
         self.gateways = Informer(self.client, GATEWAYS)
-        self.leases = Informer(self.client, leases(settings.lease_namespace))
-        # pyroute2's synchronous IPRoute runs an event loop of its own, so the data plane lives
-        # on one dedicated thread: every kernel call goes through ``_plane``.
+        # No Lease watch until the first round says which pools the plan needs: a watch of
+        # other pools (say, every pool's) might come from a cache proxy's stale copy while the
+        # cloud is away, and a plan made from it would undo the data path.
+        self.lease_scope: frozenset[str] | None | _Unset = UNSET
+        self.leases: Informer | None = None
+        self._next_leases: tuple[frozenset[str] | None, Informer | None] | None = None
+        self._make_dataplane = dataplane or (lambda: KernelDataPlane(settings))
         self._plane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
         self.dataplane: DataPlane | None = None
         self.kernel_watch: KernelWatch | None = None
+        self._watch_kernel = watch_kernel
+        self._handle_signals = handle_signals
         self.events = EventRecorder(self.client, settings.node_name)
         self.elector: LeaseElector | None = None
-        self.view: ClusterView | None = None
-        self.desired: DesiredState | None = None
+        self.memory = Memory()
+        self.decision: Decision | None = None
+        self.stats = Stats()
+        self.prober = prober or Prober()
+        #: Release our Lease on the way out (a crash, simulated, does not).
+        self.release_on_stop = True
+        self._probing = probing
+        self._probe_state: dict[str, tuple[bool, bool]] = {}
+        self.receiver = beacon.Receiver(private_key=self.keypair.private_key)
+        self.beacons: beacon.BeaconSocket | None = None
+        self._beacon_plan = BeaconPlan()
+        self._beacon_keys: dict[str, bytes] = {}
+        self._beacon_addresses = dict(beacon_addresses or {})
+        self._watch_handle: asyncio.TimerHandle | None = None
+        self._resolved: dict[str, str] = {}  # "host:port" -> "ip:port", the last good answer
         self._dirty = asyncio.Event()
-        # Dump the route table on the next apply: at start, after kernel drift, on the resync
-        # timer and after a failed apply. Cluster changes alone trust the reconciler's view.
-        self._resync_due = True
-        # Pool -> the last Lease holder seen. While a pool's Lease names nobody (released, or
-        # between holders) everyone keeps following it: dropping routes and peers in that gap
-        # would only lose packets the old gateway may still carry (DESIGN invariant 3).
-        self._last_holders: dict[str, str] = {}
-        self._dead_rounds = 0  # consecutive probe rounds in which our relay peer answered nothing
-        self._lease_holders: dict[str, str | None] = {}  # Lease name -> holder, as last seen
-        self._node_views: dict[str, Any] = {}  # Node name -> what the agent reads of it
-        self._gateway_specs: dict[str, Any] = {}  # Gateway name -> its spec, as last seen
         self._stopping = asyncio.Event()
-        self._last_status: dict[str, Any] | None = None
-        self._last_role: Role | None = None
-        self._last_holder: str | None = None  # our pool's holder before we took over
-        self._reported_problems: set[str] = set()
-        self._published = False
-        self._probe_address: str | None = None  # as published in our Node's annotation
-        self.prober = Prober()
-        self._probe_state: dict[str, bool] = {}
+        self._resync_due = True
+        self.ready = False  # synced, and the last apply succeeded
+        self.metrics = AgentMetrics()
+        self.metrics.ready.set_function(lambda: 1.0 if self._readiness()[0] else 0.0)
+        self.health: HealthServer | None = None
+        self._round_started: float | None = None  # monotonic, while a round runs
+        self._looping = False
 
-    # Wiring ---------------------------------------------------------------------------------
+    # Wiring ------------------------------------------------------------------------------------
 
-    def _mark_dirty(self, *_: object) -> None:
+    def _lease_informer(self, scope: frozenset[str] | None) -> Informer | None:
+        if scope is not None and not scope:
+            return None  # not in any pool: no Lease matters
+        informer = Informer(
+            self.client,
+            leases(self.settings.lease_namespace),
+            label_selector=lease_selector(scope),
+        )
+        informer.add_listener(self._lease_event)
+        return informer
+
+    def mark_dirty(self, *_: object) -> None:
         self._dirty.set()
 
-    def _watched_lease(self, name: str) -> tuple[bool, dict[str, Any] | None]:
-        """The pool's Lease as the informer's watch has it, for the elector (no GETs)."""
-        return self.leases.synced, self.leases.get(name)
+    def stop(self) -> None:
+        self._stopping.set()
 
     def _lease_event(self, kind: str, lease: dict[str, Any]) -> None:
-        """A Lease changed. Renewals (several a second per pool, seen by every agent) change
-        nothing the plan reads; only a new holder, or a Lease gone, is worth a reconcile."""
+        """A Lease changed. Only a new holder (or a Lease gone) is worth a round; renewals are
+        not. Our own pool's Lease also wakes the elector, so a release is taken at once and a
+        holder that was replaced learns it at once."""
         name = (lease.get("metadata") or {}).get("name", "")
+        if self.elector is not None and self.elector.lease_name == name:
+            self.elector.wake()
+        pool = pool_of_lease(name)
         holder = None if kind == "DELETED" else lease_holder(lease)
-        if self._lease_holders.get(name, "?") != holder:
-            self._lease_holders[name] = holder
-            self._dirty.set()
-            if self.elector is not None and self.elector.lease_name == name:
-                self.elector.wake()  # a release is taken at once, not at the next retry
-
-    def _node_event(self, kind: str, node: dict[str, Any]) -> None:
-        """A Node changed. Kubelets rewrite their status often; only what the plan, the
-        election or the probes read (pool, addresses, CIDRs, keys, readiness) is worth a
-        reconcile."""
-        meta = node.get("metadata") or {}
-        name = meta.get("name", "")
-        seen = None
-        if kind != "DELETED":
-            probe = (meta.get("annotations") or {}).get(PROBE_ANNOTATION)
-            seen = (node_from_k8s(node, pool_label=self.settings.pool_label), probe)
-        if self._node_views.get(name, "?") != seen:
-            self._node_views[name] = seen
+        seen = self.memory.view.holders.get(pool) if self.memory.view and pool else None
+        if holder != seen:
             self._dirty.set()
 
-    def _gateway_event(self, kind: str, gateway: dict[str, Any]) -> None:
-        """A Gateway changed. Gateways write their own status every few seconds; the plan
-        reads only the spec."""
-        name = (gateway.get("metadata") or {}).get("name", "")
-        seen = None if kind == "DELETED" else gateway.get("spec")
-        if self._gateway_specs.get(name, "?") != seen:
-            self._gateway_specs[name] = seen
-            self._dirty.set()
+    def _changed(
+        self, fingerprint: Callable[[Mapping[str, Any]], Any]
+    ) -> Callable[[str, Any], None]:
+        """An informer listener that starts a round only when what a round reads changed."""
+        seen: dict[str, Any] = {}
 
-    def _drifted(self) -> None:
-        self._resync_due = True
-        self._dirty.set()
+        def listener(kind: str, obj: dict[str, Any]) -> None:
+            name = (obj.get("metadata") or {}).get("name", "")
+            now = None if kind == "DELETED" else fingerprint(obj)
+            if seen.get(name, "?") != now:
+                seen[name] = now
+                if now is None:
+                    del seen[name]
+                self._dirty.set()
 
-    async def _plane(self, fn: Any, *args: Any) -> Any:
+        return listener
+
+    def _watched_lease(self, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """The pool's Lease as the watch has it, for the elector (no requests)."""
+        informer = self.leases
+        if informer is None:
+            return False, None
+        return informer.synced, informer.view().get(name)
+
+    async def _plane(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._plane_thread, fn, *args)
+
+    def _informers(self) -> list[Informer]:
+        found = [self.nodes, self.gateways]
+        if self.leases is not None:
+            found.append(self.leases)
+        if self._next_leases is not None and self._next_leases[1] is not None:
+            found.append(self._next_leases[1])
+        return found
+
+    # Lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.dataplane = await self._plane(DataPlane, self.settings)
-        # Someone deleting our route or rule, or wireguard-go dying (its link vanishes), is
-        # undone by the next reconcile: within a second, not at the next resync.
-        def drifted(reason: str) -> None:  # called on the watch's own thread
-            loop.call_soon_threadsafe(self._drifted)
+        self.dataplane = await self._plane(self._make_dataplane)
+        if self._watch_kernel:
+            # Someone deleting our route or rule, or wireguard-go dying (its link vanishes), is
+            # undone by the next round: within a second, not at the next resync.
+            def drifted(reason: str) -> None:  # called on the watch's own thread
+                loop.call_soon_threadsafe(self._drifted)
 
-        self.kernel_watch = KernelWatch(drifted, tables=(self.settings.table,))
-        self.kernel_watch.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        self.nodes.add_listener(self._node_event)
-        self.gateways.add_listener(self._gateway_event)
-        self.leases.add_listener(self._lease_event)
-        for informer in (self.nodes, self.gateways, self.leases):
+            self.kernel_watch = KernelWatch(drifted, tables=(self.settings.table,))
+            self.kernel_watch.start()
+        if self._handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stopping.set)
+        self.nodes.add_listener(self._changed(node_fingerprint))
+        self.gateways.add_listener(self._changed(gateway_fingerprint))
+        for informer in self._informers():
             informer.start()
+        if self.settings.health_port:
+            self.health = HealthServer(
+                alive=self._alive,
+                ready=self._readiness,
+                registry=self.metrics.registry,
+                host=self.settings.health_host,
+                port=self.settings.health_port,
+            )
+            await self.health.start()
+        self.beacons = await beacon.BeaconSocket.open(
+            self.receiver,
+            host=self.settings.beacon_host,
+            port=self.settings.beacon_port,
+            on_beacon=self._on_beacon,
+        )
         log.info(
             "agent starting node=%s wg=%s public_key=%s",
             self.settings.node_name,
             self.settings.wg_interface,
             self.keypair.public_key,
         )
-        probing = asyncio.create_task(self._probe_loop(), name="tunnel-probe")
+        tasks = [asyncio.create_task(self._send_beacons(), name="beacons")]
+        if self._probing:
+            tasks.append(asyncio.create_task(self._probe_loop(), name="tunnel-probe"))
         try:
             await self._loop()
         finally:
-            await cancel_and_wait(probing)
+            for task in tasks:
+                await cancel_and_wait(task)
             await self._shutdown()
 
+    def _alive(self) -> tuple[bool, str]:
+        """Live while the round loop runs and no round has been stuck for two minutes."""
+        if not self._looping:
+            return False, "the round loop is not running"
+        started = self._round_started
+        if started is not None and time.monotonic() - started > 120:
+            return False, f"a round has been running for {time.monotonic() - started:.0f}s"
+        return True, ""
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.decision is None or self.stats.applied == 0:
+            return False, "not synced with the API server yet, or no plan applied"
+        if not self.stats.last_apply_ok:
+            return False, "the last apply failed; see the agent's log"
+        return True, ""
+
     async def _loop(self) -> None:
+        self._looping = True
+        try:
+            await self._rounds()
+        finally:
+            self._looping = False
+
+    async def _rounds(self) -> None:
         while not self._stopping.is_set():
-            if not self._published:
-                await self._publish_key()
-            # Clear before reconciling: a change arriving mid-round sets it again and is
+            # Clear before the round: a change arriving mid-round sets it again and is
             # picked up at once instead of at the next resync.
             self._dirty.clear()
-            if self.nodes.synced and self.gateways.synced and self.leases.synced:
-                try:
-                    await self.reconcile()
-                except Exception:  # one bad round must not kill the node's data path
-                    log.exception("reconcile failed; the last applied state stays")
+            self._round_started = time.monotonic()
+            try:
+                await self.round()
+            except Exception:  # one bad round must not kill the node's data path
+                log.exception("round failed; the last applied state stays")
+                self.metrics.round_errors.inc()
+                self._resync_due = True
+            finally:
+                self.metrics.round_seconds.observe(time.monotonic() - self._round_started)
+                self._round_started = None
             waiters = [
                 asyncio.ensure_future(self._dirty.wait()),
                 asyncio.ensure_future(self._stopping.wait()),
@@ -223,69 +343,22 @@ class Agent:
             if not done:
                 self._resync_due = True  # the periodic check: look at the kernel again
 
-    async def _publish_key(self) -> None:
-        """Publish the WireGuard public key before any election, so failover never waits."""
-        try:
-            await publish_tunnel_identity(
-                self.client,
-                self.settings.node_name,
-                public_key=self.keypair.public_key,
-                endpoint=None,
-            )
-            self._published = True
-        except KubeError as error:
-            log.warning("cannot publish public key yet: %s", error)
-
-    async def _probe_loop(self) -> None:
-        """Probe the peers every PROBE_INTERVAL; wake the reconcile when a peer's reachability
-        flips, so Gateway status shows it at once (RTT itself is refreshed at every reconcile)."""
-        while True:
-            await asyncio.sleep(PROBE_INTERVAL)
-            try:
-                await self.prober.round()
-            except OSError as error:
-                log.warning("tunnel probe failed: %s", error)
-                continue
-            state = {k: (p.loss_percent or 0) < 100 for k, p in self.prober.peers.items()}
-            if state != self._probe_state:
-                self._probe_state = state
-                self._dirty.set()
-            await self._check_tunnel()
-
-    async def _publish_probe_address(self, me: NodeView) -> None:
-        assert self.dataplane is not None
-        addresses = await self._plane(self.dataplane.local_addresses)
-        address = local_probe_address(addresses, me.pod_cidrs)
-        if address == self._probe_address:
-            return
-        try:
-            await publish_node_annotations(
-                self.client, self.settings.node_name, {PROBE_ANNOTATION: address}
-            )
-            self._probe_address = address
-        except KubeError as error:
-            log.warning("cannot publish probe address: %s", error)
-
-    def _probe_targets(self, desired: DesiredState) -> dict[str, str]:
-        """Public key -> probe address of each planned peer that published one."""
-        by_key = {}
-        for node in self.nodes.snapshot().values():
-            annotations = node.get("metadata", {}).get("annotations") or {}
-            key, address = annotations.get(PUBLIC_KEY_ANNOTATION), annotations.get(PROBE_ANNOTATION)
-            if key and address:
-                by_key[key] = address
-        return {p.public_key: by_key[p.public_key] for p in desired.peers if p.public_key in by_key}
-
     async def _shutdown(self) -> None:
         log.info("agent stopping")
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
         if self.elector is not None:
-            # Hand the lease over at once so the next candidate needs no expiry wait.
+            # Hand the lease over at once so the next candidate needs no wait.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
-                    await self.elector.stop(release=True)
-        for informer in (self.nodes, self.gateways, self.leases):
+                    await self.elector.stop(release=self.release_on_stop)
+        for informer in self._informers():
             with contextlib.suppress(Exception):
                 await informer.stop()
+        if self.beacons is not None:
+            self.beacons.close()
+        if self.health is not None:
+            await self.health.stop()
         await self.client.close()
         if self.kernel_watch is not None:
             self.kernel_watch.stop()
@@ -293,232 +366,411 @@ class Agent:
             await self._plane(self.dataplane.close)
         self._plane_thread.shutdown(wait=False)
 
-    # One round ------------------------------------------------------------------------------
+    def _drifted(self) -> None:
+        self._resync_due = True
+        self._dirty.set()
 
-    def _my_node(self) -> dict[str, Any] | None:
-        return self.nodes.get(self.settings.node_name)
+    # One round ---------------------------------------------------------------------------------
 
-    def _holders(self, view_leases: dict[str, dict[str, Any]]) -> dict[str, Mapping[str, Any]]:
-        """Pool -> Lease as the planner should see it. Our own elector reads the pool's lease
-        more often than the informer, so its word wins; a Lease naming nobody keeps the last
-        holder seen (see ``_last_holders``)."""
-        if self.elector is not None and self.elector.seen_holder is not None:
-            lease = {"spec": {"holderIdentity": self.elector.seen_holder}}
-            view_leases = {**view_leases, self.elector.pool: lease}
-        elif self.elector is not None and self.elector.generation and not self.elector.seen_holder:
-            view_leases = {k: v for k, v in view_leases.items() if k != self.elector.pool}
-        return sticky_holders(view_leases, self._last_holders)
-
-    async def reconcile(self) -> None:
-        settings = self.settings
-        view = cluster_view(
-            self.nodes.snapshot().values(),
-            self.gateways.snapshot().values(),
-            self._holders(leases_by_pool(self.leases.snapshot())),
-            pool_label=settings.pool_label,
-            previous=self.view,
-        )
-        self.view = view
-        me = next((n for n in view.nodes if n.name == settings.node_name), None)
-        pool = me.pool if me is not None else None
-        await self._ensure_election(view, pool)
-
+    async def observe(self) -> Observed:
+        self._swap_lease_watch()
         assert self.dataplane is not None
-        identity = await self._plane(self.dataplane.identity, me.internal_ip if me else None)
-        if identity is None:
-            log.warning("no interface holds this node's InternalIP yet; nothing applied")
-            return
-        desired = plan(view, identity)
-        resync, self._resync_due = self._resync_due, False
-        try:
-            await self._plane(functools.partial(self.dataplane.apply, desired, resync=resync))
-        except Exception:
-            self._resync_due = True  # what failed is unknown: look at the kernel next time
-            raise
-        if desired != self.desired:
-            log.info(
-                "applied role=%s routes=%d peers=%d",
-                desired.role,
-                len(desired.routes),
-                len(desired.peers),
+        synced = all(i.synced for i in (self.nodes, self.gateways))
+        leases_synced = not isinstance(self.lease_scope, _Unset) and (
+            self.leases is None or self.leases.synced
+        )
+        addresses = await self._plane(self.dataplane.addresses)
+        carrying = self.memory.role in (Role.GATEWAY, Role.RELAY)
+        tunnel = await self._plane(self.dataplane.tunnel) if carrying else None
+        elector = self.elector
+        election = ElectionState()
+        if elector is not None:
+            election = ElectionState(
+                pool=elector.pool,
+                is_holder=elector.is_holder,
+                seen_holder=elector.seen_holder,
+                known=elector.generation > 0,
+                out=elector.out,
+                api_ok=elector.last_error is None or elector.is_holder,
             )
-        self.desired = desired
-        if me is not None:
-            await self._publish_probe_address(me)
-        if desired.role in (Role.GATEWAY, Role.RELAY):
-            self.prober.set_targets(self._probe_address, self._probe_targets(carrying(desired)))
-        else:
-            self.prober.set_targets(None, {})
-        await self._report(view, pool, desired)
+        lease_objs: dict[str, dict[str, Any]] = {}
+        if self.leases is not None:
+            for name, obj in self.leases.view().items():
+                pool = pool_of_lease(name)
+                if pool is not None:
+                    lease_objs[pool] = obj
+        resync, self._resync_due = self._resync_due, False
+        return Observed(
+            synced=synced,
+            leases_synced=leases_synced,
+            now=time.time(),
+            clock=time.monotonic(),
+            nodes=self.nodes.view(),
+            gateways=self.gateways.view(),
+            leases=lease_objs,
+            election=election,
+            addresses=addresses,
+            tunnel=tunnel,
+            probes=self.prober.windows(),
+            beacons=dict(self.receiver.fit_at),
+            resync=resync,
+        )
 
-    # Election -------------------------------------------------------------------------------
+    async def round(self) -> Decision:
+        observed = await self.observe()
+        decision, self.memory = decide(observed, self.memory, self.params)
+        self.decision = decision
+        self.stats.rounds += 1
+        if not (observed.synced and observed.leases_synced):
+            self._resync_due = observed.resync or self._resync_due
+            if observed.synced:
+                self._retarget_leases(decision.lease_scope)  # the first round: which Leases
+            return decision
+        await self._apply(decision)
+        for note in decision.notes:
+            log.info("%s", note)
+        await self._report(decision)
+        await self._follow_election(decision.election)
+        self._retarget(decision)
+        self._measure(observed, decision)
+        return decision
 
-    def _healthy(self) -> bool:
-        """Campaign only when we could serve: the relay pool can always serve; an edge
-        candidate needs a relay gateway whose key it knows, or it could carry nothing."""
-        view = self.view
-        if view is None or self.elector is None:
-            return False
-        facts = analyse(view)
-        if facts.relay is None:
-            return False
-        if facts.relay == self.elector.pool:
-            return True
-        relay = facts.pools.get(facts.relay)
-        return relay is not None and relay.gateway is not None and bool(relay.gateway.public_key)
-
-    def _candidate(self, view: ClusterView, pool: str) -> bool:
-        gw = view.gateways.get(pool)
+    def _measure(self, observed: Observed, decision: Decision) -> None:
+        m, view = self.metrics, self.memory.view
+        writes = getattr(self.dataplane, "writes_by_kind", None)
+        if callable(writes):
+            m.kernel_writes(writes())
+        if view is None:
+            return
         me = next((n for n in view.nodes if n.name == self.settings.node_name), None)
-        if me is None:
-            return False
-        selector = gw.spec.candidate_selector if gw is not None and gw.spec is not None else None
-        return selector_matches(selector, me.labels)
+        m.holders(view.holders, me=self.settings.node_name, my_pool=me.pool if me else None)
+        for event in decision.events:
+            if event.reason in ("GatewayElected", "GatewayFailover"):
+                m.elections.labels(event.pool).inc()
+        desired = decision.desired
+        if desired is None or me is None or me.pool is None:
+            return
+        if desired.role not in (Role.GATEWAY, Role.RELAY):
+            m.peers.update(me.pool, [], observed.now)
+            return
+        entries = []
+        tunnel = observed.tunnel
+        for entry in peer_entries(desired, view, tunnel, observed.probes, observed.now):
+            live = tunnel.peer(entry["publicKey"]) if tunnel is not None else None
+            if live is not None:
+                entry |= {
+                    "handshakeAt": live.latest_handshake or None,
+                    "rxBytes": live.rx_bytes,
+                    "txBytes": live.tx_bytes,
+                }
+            entries.append(entry)
+        m.peers.update(me.pool, entries, observed.now)
 
-    async def _ensure_election(self, view: ClusterView, pool: str | None) -> None:
-        wanted = pool if pool is not None and self._candidate(view, pool) else None
+    # Apply -------------------------------------------------------------------------------------
+
+    async def _apply(self, decision: Decision) -> None:
+        if decision.steps is None:
+            return
+        steps = await self._resolve(decision.steps)
+        assert self.dataplane is not None
+        failures = await self._plane(self._run_steps, self.dataplane, steps)
+        self.stats.applied += 1
+        self.stats.last_apply_ok = not failures
+        self.ready = not failures
+        if failures:
+            self.stats.apply_failures += 1
+            self._resync_due = True  # what failed is unknown: look at the kernel next time
+            for step, error in failures:
+                log.error("applying %s failed: %s", type(step).__name__, error)
+
+    @staticmethod
+    def _run_steps(plane: DataPlane, steps: tuple[Step, ...]) -> list[tuple[Step, str]]:
+        """Run every step (on the data plane's thread); a required one that fails stops the
+        rest. Returns the failures."""
+        failures: list[tuple[Step, str]] = []
+        for step in steps:
+            try:
+                plane.run(step)
+            except Exception as error:  # noqa: BLE001 - reported per step, the rest still run
+                failures.append((step, f"{type(error).__name__}: {error}"))
+                if getattr(step, "required", False):
+                    break
+        return failures
+
+    async def _resolve(self, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        """Peers whose endpoint names a host get the host's address, looked up off the loop
+        with a deadline; an unanswered lookup keeps the last good address (or none, so the
+        endpoint WireGuard learned from handshakes stays)."""
+        out: list[Step] = []
+        for step in steps:
+            if isinstance(step, SetPeers) and any(_needs_lookup(p) for p in step.peers):
+                peers = [await self._resolve_peer(p) for p in step.peers]
+                step = SetPeers(tuple(peers))
+            out.append(step)
+        return tuple(out)
+
+    async def _resolve_peer(self, peer: PeerSpec) -> PeerSpec:
+        if not _needs_lookup(peer):
+            return peer
+        assert peer.endpoint is not None
+        host, _, port = peer.endpoint.rpartition(":")
+        try:
+            async with asyncio.timeout(2):
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, int(port), type=socket.SOCK_DGRAM
+                )
+            ip = ipaddress.ip_address(infos[0][4][0])
+            resolved = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+            self._resolved[peer.endpoint] = resolved
+        except (OSError, TimeoutError, IndexError, ValueError) as error:
+            resolved = self._resolved.get(peer.endpoint, "")
+            log.warning("cannot resolve endpoint %s: %s", peer.endpoint, error)
+        return replace(peer, endpoint=resolved or None)
+
+    # Report ------------------------------------------------------------------------------------
+
+    async def _report(self, decision: Decision) -> None:
+        if decision.annotations:
+            try:
+                await publish_node_annotations(
+                    self.client, self.settings.node_name, dict(decision.annotations)
+                )
+                self.stats.annotation_writes += 1
+            except KubeError as error:
+                log.warning("cannot publish this node's annotations: %s", error)
+        for event in decision.events:
+            log.log(
+                logging.WARNING if event.type == "Warning" else logging.INFO,
+                "%s: %s",
+                event.reason,
+                event.message,
+            )
+            await self.events.gateway_event(
+                event.pool, event.type, event.reason, event.message, uid=event.uid
+            )
+        if decision.status is not None:
+            pool, status = decision.status
+            try:
+                await patch_gateway_status(self.client, pool, status)
+                self.stats.status_writes += 1
+            except KubeError as error:
+                log.warning("cannot write Gateway %s status: %s", pool, error)
+                # Not written: make the next round try again.
+                self.memory = replace(self.memory, status=None)
+
+    # Election, watches, probes, beacons --------------------------------------------------------
+
+    async def _follow_election(self, wish: ElectionWish | None) -> None:
+        if wish is None:
+            return
         current = self.elector.pool if self.elector is not None else None
-        if wanted == current:
-            if self.elector is not None and not self.elector.is_holder and self._healthy():
-                self.elector.wake()  # health may have just come: campaign now, not next retry
+        if wish.pool != current:
+            if self.elector is not None:
+                await self.elector.stop(release=True)
+                self.elector = None
+            if wish.pool is None:
+                return
+            with contextlib.suppress(KubeError):
+                await ensure_gateway(self.client, wish.pool)
+            self.elector = self._new_elector(wish.pool, wish.campaign)
+            self.elector.add_listener(self.mark_dirty)
+            self.elector.start()
             return
-        if self.elector is not None:
-            await self.elector.stop(release=True)
-            self.elector = None
-        if wanted is None:
-            return
-        with contextlib.suppress(KubeError):
-            await ensure_gateway(self.client, wanted)
+        elector = self.elector
+        assert elector is not None
+        if elector.campaign != wish.campaign:
+            elector.campaign = wish.campaign
+            elector.wake()
+        if wish.step_down is not None:
+            await elector.step_down(self.settings.step_down_backoff)
+            self._dirty.set()
+        if wish.preempt is not None:
+            elector.preempt(wish.preempt)
+
+    def _new_elector(self, pool: str, campaign: bool) -> LeaseElector:
         s = self.settings
-        self.elector = LeaseElector(
+        name = lease_name(pool)
+        return LeaseElector(
             self.client,
-            wanted,
+            pool,
             s.node_name,
-            healthy=self._healthy,
+            campaign=campaign,
             namespace=s.lease_namespace,
-            lease_name=lease_name(wanted),
+            lease_name=name,
             timings=LeaseTimings(
                 duration=max(1, round(s.lease_duration)),
                 renew_interval=s.lease_renew,
                 retry_interval=s.lease_retry,
                 # A loaded API server may take longer than one renew interval to answer; the
                 # renew deadline still bounds how long we claim the lease without proof.
-                request_timeout=max(s.lease_renew, s.lease_duration / 2),
+                request_timeout=max(1.0, min(s.lease_renew, s.lease_duration / 2)),
             ),
-            watched=functools.partial(self._watched_lease, lease_name(wanted)),
+            watched=lambda: self._watched_lease(name),
         )
-        self.elector.add_listener(self._mark_dirty)
-        self.elector.start()
 
-    # Health-driven step-down ----------------------------------------------------------------
+    def _retarget_leases(self, scope: frozenset[str] | None) -> None:
+        """Start watching ``scope``'s Leases; the watch in use is swapped once it has listed."""
+        if scope == self.lease_scope or (
+            self._next_leases is not None and self._next_leases[0] == scope
+        ):
+            return
+        if self._next_leases is not None and self._next_leases[1] is not None:
+            asyncio.ensure_future(self._next_leases[1].stop())
+        informer = self._lease_informer(scope)
+        if informer is not None:
+            informer.start()
+            asyncio.ensure_future(self._wake_when_synced(informer))
+        else:
+            self._dirty.set()  # a watch of nothing is ready at once
+        self._next_leases = (scope, informer)
 
-    async def _check_tunnel(self) -> None:
-        """An edge gateway whose relay peer has answered no probe for ``dead_tunnel_rounds``
-        rounds in a row hands the pool to another ready candidate and stays out for
-        ``step_down_backoff`` seconds. The relay never steps down this way: a dead edge says
-        nothing about the relay's own health."""
-        elector, desired = self.elector, self.desired
-        if elector is None or desired is None or desired.role != Role.GATEWAY:
-            self._dead_rounds = 0
-            return
-        probes = [self.prober.peers.get(p.public_key) for p in carrying(desired).peers]
-        if not elector.is_holder or not probes or any(p is None or not p.results for p in probes):
-            self._dead_rounds = 0
-            return
-        if any(p.results[-1] is not None for p in probes if p is not None):
-            self._dead_rounds = 0
-            return
-        self._dead_rounds += 1
-        if self._dead_rounds < self.settings.dead_tunnel_rounds:
-            return
-        other = self._ready_candidate(elector.pool)
-        if other is None:
-            return  # nobody could do better: keep trying ourselves
-        self._dead_rounds = 0
-        message = (
-            f"{self.settings.node_name} steps down as gateway of pool {elector.pool}: its tunnel"
-            f" to the relay answered no probe for {self.settings.dead_tunnel_rounds} rounds;"
-            f" {other} is ready to take over"
+    async def _wake_when_synced(self, informer: Informer) -> None:
+        """A new Lease watch's first listing starts a round, even when it lists nothing."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await informer.wait_synced()
+            self._dirty.set()
+
+    def _retarget(self, decision: Decision) -> None:
+        self._retarget_leases(decision.lease_scope)
+        self.prober.set_targets(decision.probe_source, decision.probe_targets)
+        plan = decision.beacons
+        where = self._beacon_addresses
+        self.receiver.expect(
+            plan.pool,
+            {
+                name: beacon.Peer(key, where.get(addr, addr))
+                for name, (key, addr) in plan.peers.items()
+            },
         )
-        log.warning("%s", message)
-        await elector.step_down(self.settings.step_down_backoff)
-        self._dirty.set()
-        await self.events.gateway_event(elector.pool, "Warning", "GatewayStepDown", message)
+        self._beacon_plan = plan
+        self._arm_watch()
 
-    def _ready_candidate(self, pool: str) -> str | None:
-        """Another node of ``pool`` that could serve: Ready, a candidate, key published."""
-        view = self.view
-        if view is None:
-            return None
-        gw = view.gateways.get(pool)
-        selector = gw.spec.candidate_selector if gw is not None and gw.spec is not None else None
-        for node in view.nodes:
-            if (
-                node.pool == pool
-                and node.name != self.settings.node_name
-                and node.ready
-                and node.public_key
-                and selector_matches(selector, node.labels)
-            ):
-                return node.name
-        return None
-
-    # Report ---------------------------------------------------------------------------------
-
-    async def _report(self, view: ClusterView, pool: str | None, desired: DesiredState) -> None:
-        holder = view.holders.get(pool) if pool is not None else None
-        if desired.role != self._last_role:
-            if desired.role in (Role.GATEWAY, Role.RELAY) and pool is not None:
-                before = self._last_holder
-                if before and before != self.settings.node_name:
-                    reason, message = (
-                        "GatewayFailover",
-                        (f"{self.settings.node_name} took over pool {pool} from {before}"),
-                    )
-                else:
-                    reason, message = (
-                        "GatewayElected",
-                        (f"{self.settings.node_name} is now the active gateway of pool {pool}"),
-                    )
-                await self.events.gateway_event(pool, "Normal", reason, message)
-            self._last_role = desired.role
-        if holder != self.settings.node_name:
-            self._last_holder = holder
-        if pool is None or desired.role not in (Role.GATEWAY, Role.RELAY):
+    def _swap_lease_watch(self) -> None:
+        """Switch to the narrowed (or widened) Lease watch once it has listed."""
+        if self._next_leases is None:
             return
-        status = pool_status(view, pool)
-        # Refused input of this pool (bad spec, overlapping CIDRs) gets a Warning naming it.
-        for condition in status["conditions"]:
-            if condition["type"] in REFUSAL_CONDITIONS and condition["status"] == "False":
-                await self._problem_event(pool, condition["reason"], condition["message"])
-        assert self.dataplane is not None
-        peers = await self._plane(self.dataplane.peer_status, carrying(desired), view, self.prober)
-        status["peers"] = peers
-        status["peersReady"] = f"{sum(p['state'] == 'Up' for p in peers)}/{len(peers)}"
-        rtts = [p["rttMs"] for p in peers if p.get("rttMs") is not None]
-        status["rtt"] = f"{max(rtts):.1f}ms" if rtts else ""
-        self._stamp_conditions(status)
-        if status == self._last_status:
+        scope, informer = self._next_leases
+        if informer is not None and not informer.synced:
             return
+        old, self.leases, self.lease_scope = self.leases, informer, scope
+        self._next_leases = None
+        if old is not None:
+            asyncio.ensure_future(old.stop())
+
+    def _on_beacon(self, sender: str) -> None:
+        watch = self._beacon_plan.watch
+        if watch is not None and watch[0] == sender:
+            self._arm_watch()
+
+    def _arm_watch(self) -> None:
+        """Wake a round when the watched holder's silence reaches our patience."""
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
+            self._watch_handle = None
+        watch = self._beacon_plan.watch
+        if watch is None:
+            return
+        holder, patience = watch
+        heard = self.receiver.fit_at.get(holder)
+        if heard is None:
+            return  # never heard in this term: the Lease's expiry decides
+        delay = max(0.0, heard + patience - time.monotonic()) + 0.01
+        self._watch_handle = asyncio.get_running_loop().call_later(delay, self._dirty.set)
+
+    async def _send_beacons(self) -> None:
+        """While we carry the pool: a beacon to each other candidate every interval."""
+        while True:
+            plan = self._beacon_plan
+            if plan.targets and plan.pool is not None and self.beacons is not None:
+                counter = time.time_ns()
+                for target in plan.targets:
+                    key = self._beacon_keys.get(target.public_key)
+                    if key is None:
+                        try:
+                            key = beacon.pair_key(self.keypair.private_key, target.public_key)
+                        except ValueError:
+                            continue
+                        self._beacon_keys[target.public_key] = key
+                    datagram = beacon.encode(
+                        beacon.Beacon(plan.pool, self.settings.node_name, counter, plan.fit), key
+                    )
+                    address = self._beacon_addresses.get(target.address, target.address)
+                    self.beacons.send(datagram, address, self.settings.beacon_port)
+            await asyncio.sleep(self.settings.beacon_interval)
+
+    async def _probe_loop(self) -> None:
+        """Probe the peers every PROBE_INTERVAL; wake a round when a peer's reachability flips
+        or its silence reaches the step-down threshold, so status and step-down follow."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.prober.round()
+            except OSError as error:
+                log.warning("tunnel probe failed: %s", error)
+                continue
+            rounds = self.settings.dead_tunnel_rounds
+            state = {
+                key: (window.loss_percent == 100, window.silent_for(rounds))
+                for key, window in self.prober.windows().items()
+            }
+            if state != self._probe_state:
+                self._probe_state = state
+                self._dirty.set()
+
+
+def api_addresses(server: str) -> tuple[str, ...]:
+    """The API server's addresses as far as they are IP literals: the kubeconfig's server and,
+    in a pod, the ``kubernetes`` Service. Raven must never route them into a tunnel."""
+    found = []
+    host = urlsplit(server).hostname
+    for candidate in (host, os.environ.get("KUBERNETES_SERVICE_HOST")):
         try:
-            await patch_gateway_status(self.client, pool, status)
-            self._last_status = status
-        except KubeError as error:
-            log.warning("cannot write Gateway %s status: %s", pool, error)
+            found.append(str(ipaddress.ip_address(candidate or "")))
+        except ValueError:
+            continue
+    return tuple(sorted(set(found)))
 
-    def _stamp_conditions(self, status: dict[str, Any]) -> None:
-        """Keep lastTransitionTime from the previous status unless the condition flipped."""
-        old = {c["type"]: c for c in (self._last_status or {}).get("conditions", [])}
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for condition in status["conditions"]:
-            before = old.get(condition["type"])
-            if before is not None and before.get("status") == condition["status"]:
-                condition["lastTransitionTime"] = before.get("lastTransitionTime", now)
-            else:
-                condition["lastTransitionTime"] = now
 
-    async def _problem_event(self, pool: str, reason: str, message: str) -> None:
-        if message in self._reported_problems:
-            return
-        self._reported_problems.add(message)
-        await self.events.gateway_event(pool, "Warning", reason, message)
+def _needs_lookup(peer: PeerSpec) -> bool:
+    if peer.endpoint is None:
+        return False
+    host = peer.endpoint.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def node_fingerprint(node: Mapping[str, Any]) -> Any:
+    """What a round reads of a Node: kubelets rewrite the rest (heartbeat times, images,
+    capacity) often, and that must not cost every agent a round."""
+    meta = node.get("metadata") or {}
+    status = node.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    conditions = status.get("conditions") or []
+    return repr(
+        (
+            meta.get("labels"),
+            {k: v for k, v in annotations.items() if str(k).startswith("raven.io/")}
+            if isinstance(annotations, dict)
+            else annotations,
+            meta.get("creationTimestamp"),
+            node.get("spec"),
+            status.get("addresses"),
+            [
+                (c.get("type"), c.get("status"))
+                for c in conditions
+                if isinstance(c, dict) and c.get("type") == "Ready"
+            ]
+            if isinstance(conditions, list)
+            else conditions,
+        )
+    )
+
+
+def gateway_fingerprint(gateway: Mapping[str, Any]) -> Any:
+    """What a round reads of a Gateway: its spec and identity. Gateways rewrite their own
+    status every few seconds; that is for operators, not for other agents' plans."""
+    meta = gateway.get("metadata") or {}
+    return repr((gateway.get("spec"), meta.get("uid"), meta.get("generation")))

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -29,40 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import keys
+from gateway.dump import DeviceStatus, WireGuardError, parse_dump
 from raven.model import PeerSpec
 
 WG_RUN_DIR = Path("/var/run/wireguard")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-
-
-class WireGuardError(Exception):
-    """A WireGuard operation failed or was asked something impossible; the message says which."""
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    """One peer as WireGuard sees it now."""
-
-    public_key: str
-    endpoint: str | None  # "ip:port" (IPv6 in brackets) or None before any handshake
-    allowed_ips: tuple[str, ...]
-    latest_handshake: int  # unix seconds, 0 = never
-    rx_bytes: int
-    tx_bytes: int
-    persistent_keepalive: int  # seconds, 0 = off
-
-
-@dataclass(frozen=True)
-class DeviceStatus:
-    """The device's public side (the private key is dropped on parsing)."""
-
-    public_key: str | None
-    listen_port: int
-    fwmark: int
-    peers: tuple[PeerStatus, ...] = ()
-
-    def peer(self, public_key: str) -> PeerStatus | None:
-        return next((p for p in self.peers if p.public_key == public_key), None)
 
 
 @dataclass
@@ -74,45 +44,6 @@ class PeerChanges:
     @property
     def empty(self) -> bool:
         return not (self.added or self.updated or self.removed)
-
-
-def _none(value: str) -> str | None:
-    return None if value in ("(none)", "") else value
-
-
-def parse_dump(text: str) -> DeviceStatus:
-    """Parse ``wg show IF dump``. The first line (interface) carries the private key; it is
-    discarded here so nothing downstream can log it."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise WireGuardError("empty `wg show dump` output")
-    head = lines[0].split("\t")
-    if len(head) != 4:
-        raise WireGuardError(f"unexpected interface line in `wg show dump` ({len(head)} fields)")
-    _private, public, port, fwmark = head
-    peers = []
-    for line in lines[1:]:
-        f = line.split("\t")
-        if len(f) != 8:
-            raise WireGuardError(f"unexpected peer line in `wg show dump` ({len(f)} fields)")
-        allowed = _none(f[3])
-        peers.append(
-            PeerStatus(
-                public_key=f[0],
-                endpoint=_none(f[2]),
-                allowed_ips=tuple(sorted(allowed.split(","))) if allowed else (),
-                latest_handshake=int(f[4]),
-                rx_bytes=int(f[5]),
-                tx_bytes=int(f[6]),
-                persistent_keepalive=0 if f[7] == "off" else int(f[7]),
-            )
-        )
-    return DeviceStatus(
-        public_key=_none(public),
-        listen_port=int(port),
-        fwmark=0 if fwmark == "off" else int(fwmark, 0),
-        peers=tuple(sorted(peers, key=lambda p: p.public_key)),
-    )
 
 
 def _norm_cidrs(peer: PeerSpec) -> tuple[str, ...]:
@@ -128,7 +59,9 @@ def _norm_cidrs(peer: PeerSpec) -> tuple[str, ...]:
 
 
 def _norm_endpoint(peer: PeerSpec) -> str | None:
-    """``ip:port`` as ``wg show`` prints it; a host name is resolved so it compares equal."""
+    """``ip:port`` as ``wg show`` prints it. A host name is never resolved here (that would
+    block a reconcile): the agent resolves names before it plans peers, off its loop, and a
+    name that reaches this point is passed to ``wg`` as it is."""
     ep = peer.endpoint
     if ep is None:
         return None
@@ -139,10 +72,7 @@ def _norm_endpoint(peer: PeerSpec) -> str | None:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        try:
-            addr = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
-        except (OSError, IndexError):
-            return ep  # unresolvable now: let `wg set` report it
+        return ep
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 

@@ -120,6 +120,17 @@ class VxlanSpec:
 
 
 @dataclass(frozen=True, order=True)
+class LocalAddress:
+    """One address on one of this node's links, as the kernel reports it (a plan input)."""
+
+    address: str  # without prefix length
+    prefixlen: int
+    dev: str
+    mtu: int
+    family: int  # 4 or 6
+
+
+@dataclass(frozen=True, order=True)
 class Problem:
     """One piece of input refused, or one reason a plan is incomplete, naming the object and
     the field so an operator can find and fix it.

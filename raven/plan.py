@@ -387,17 +387,20 @@ def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]
     return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
 
 
-def pool_status(view: ClusterView, pool: str) -> dict[str, Any]:
+def pool_status(
+    view: ClusterView, pool: str, *, also: Iterable[Problem] = ()
+) -> dict[str, Any]:
     """The Gateway ``status`` fields the agent writes for ``pool``, minus what only the runtime
     knows (``peers``, ``peersReady``, ``rtt``, each condition's ``lastTransitionTime``).
-    Never raises."""
+    ``also``: refusals this pool's gateway reports for others (the relay reports those no
+    other gateway can). Never raises."""
     facts = analyse(view)
     state = facts.pools.get(pool)
     gw_view = view.gateways.get(pool)
     generation = gw_view.generation if gw_view is not None else 0
     spec = state.spec if state is not None else (gw_view and gw_view.spec) or GatewaySpec()
     gateway = state.gateway if state is not None else None
-    refused = [p for p in view.problems if pool in p.pools]
+    refused = sorted({p for p in view.problems if pool in p.pools} | set(also))
 
     conditions = [
         _spec_condition(gw_view),

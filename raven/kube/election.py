@@ -10,27 +10,29 @@ Two facts are exposed, because DESIGN invariant 3 needs both:
   ``renew_deadline`` ago. Nobody else can hold the lease before that runs out.
 - :attr:`LeaseElector.seen_holder` -- what the lease said the last time we could read it.
 
-The runtime forwards while :attr:`may_forward` (proved, or the lease still names us: an API outage
-is no reason to drop traffic) and steps down the moment :attr:`seen_holder` names someone else.
+The runtime carries the pool while :attr:`seen_holder` names us (proved, or not disproved: an
+API outage is no reason to drop traffic) and steps down the moment it names someone else.
 
-Rules: a candidate campaigns only while ``healthy()`` is true; it takes the lease when it is free
-(no holder) or expired; every write is an update carrying the observed resourceVersion, so two
-candidates racing for it get one success and one 409. A lease counts as expired only when *both*
-its renewTime + leaseDurationSeconds lies in the past by our wall clock *and* we have seen it
-unchanged for leaseDurationSeconds on our monotonic clock, so a candidate whose clock runs ahead
-cannot take a live lease (a fresh candidate therefore waits one duration before taking over a
-dead holder). A holder is never displaced while it renews (sticky). A holder that turns unhealthy
-releases the lease.
+Rules: a candidate campaigns only while :attr:`campaign` is true (the agent's round decides and
+sets it; the elector never calls back into the agent); it takes the lease when it is free (no
+holder) or expired, or when told to :meth:`preempt` a holder whose beacons stopped (the agent's
+crash detection, gateway.beacon); every write is an update carrying the observed
+resourceVersion, so two candidates racing for it get one success and one 409, and a holder that
+was preempted learns it from the watched copy or from its next renewal's 409. A lease counts as
+expired only when *both* its renewTime + leaseDurationSeconds lies in the past by our wall
+clock *and* we have seen it unchanged for leaseDurationSeconds on our monotonic clock, so a
+candidate whose clock runs ahead cannot take a live lease (a fresh candidate therefore waits
+one duration before taking over a dead holder it never heard). Expiry never displaces a holder
+that renews; only :meth:`preempt` does. A holder that stops campaigning releases the lease.
 
-API cost per pool (the agent's defaults: duration 2 s, renew 0.5 s, retry 0.25 s): the holder
-makes one PUT per renew (it renews from the object its last write returned, no GET), 2 per
-second. The other candidates read the lease from a watch when given one (``watched``: the
-agent passes its Lease informer), so they send nothing until they write to take over; without
-a watch each sends one GET per retry plus up to 20 % jitter, about 3.6 per second. Failover
-after a crash takes the duration plus up to one retry (~2.3 s) before the new holder starts its
-tunnel; after a release, up to one retry (~0.3 s), or at once when the watch wakes the elector.
-Doubling every timing halves the writes and doubles the times; this class's own defaults
-(4 s / 1 s / 0.5 s) are that cheaper choice.
+API cost per pool: the holder makes one PUT per renew (it renews from the object its last write
+returned, no GET). The other candidates read the lease from a watch when given one
+(``watched``: the agent passes its Lease informer), so they send nothing until they write to
+take over; without a watch each sends one GET per retry plus up to 20 % jitter. With the
+agent's defaults (duration 24 s, renew 8 s) a pool costs 0.125 writes a second; a crash is
+noticed by the beacons, not by expiry, so failover does not wait for the duration. Expiry is
+the fallback when no beacon was ever heard from the holder (e.g. every agent of the pool
+restarted at once and the old holder is gone).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ from raven.names import DEFAULT_LEASE_NAMESPACE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: A renewal this close to due is sent now (timers may fire a little early).
+RENEW_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class LeaseElector:
         pool: str,
         identity: str,
         *,
-        healthy: Callable[[], bool] = lambda: True,
+        campaign: bool = True,
         namespace: str = DEFAULT_LEASE_NAMESPACE,
         lease_name: str | None = None,
         timings: LeaseTimings | None = None,
@@ -155,7 +159,9 @@ class LeaseElector:
         self.client = client
         self.pool = pool
         self.identity = identity
-        self.healthy = healthy
+        #: Whether to campaign; the agent sets it each round (healthy candidate, not stepped
+        #: down). Turning it off makes a holder release at its next round.
+        self.campaign = campaign
         self.resource: Resource = leases(namespace)
         self.lease_name = lease_name or names.lease_name(pool)
         self.timings = timings or LeaseTimings()
@@ -171,6 +177,8 @@ class LeaseElector:
         self._observed_at = 0.0  # monotonic time we first saw the current lease version
         self._renewed_at: float | None = None  # monotonic send time of our last good write
         self._out_until = 0.0
+        self._preempt: str | None = None  # a holder we were told is dead (its beacons stopped)
+        self.preemptions = 0  # leases taken from a live-looking holder; for metrics and tests
         self._gen = Generation()
         self._state: tuple[bool, str | None] = (False, None)
         self._listeners: list[Callable[[LeaseElector], None]] = []
@@ -195,9 +203,9 @@ class LeaseElector:
         return self._seen_holder
 
     @property
-    def may_forward(self) -> bool:
-        """Carry the pool's traffic: proved holder, or the lease still names us (invariant 3)."""
-        return self.is_holder or self._seen_holder == self.identity
+    def out(self) -> bool:
+        """Staying out of the election after :meth:`step_down`."""
+        return self._out_until > time.monotonic()
 
     @property
     def generation(self) -> int:
@@ -214,6 +222,14 @@ class LeaseElector:
     def wake(self) -> None:
         """Run the next round now (e.g. after health changed) instead of after the interval."""
         self._wake.set()
+
+    def preempt(self, holder: str) -> None:
+        """Take the lease from ``holder`` at the next round (now), whatever its renewTime says,
+        if the lease still names ``holder`` then and we campaign. The write carries the
+        resourceVersion that named ``holder``, so it fails if anything changed meanwhile."""
+        if holder and holder != self.identity:
+            self._preempt = holder
+            self._wake.set()
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -237,16 +253,19 @@ class LeaseElector:
         cancellation), so cancelling the task from a root task shutdown also hands over at once."""
         try:
             while True:
+                # Cleared before the round, so a wake that comes while it runs (a campaign
+                # change during a renewal) starts the next round at once instead of being lost.
+                self._wake.clear()
                 await self.step()
                 if self.is_holder:
-                    delay = self.timings.renew_interval
+                    # Until the next renewal is due; a failed one is retried an interval later.
+                    delay = self._renew_in() or self.timings.renew_interval
                 else:
                     delay = self.timings.retry_interval * (
                         1 + self.timings.jitter * random.random()
                     )
                 if self._out_until > time.monotonic():
                     delay = min(delay, max(0.0, self._out_until - time.monotonic()))
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
@@ -352,6 +371,13 @@ class LeaseElector:
             self._observed_rv = rv
             self._observed_at = time.monotonic()
 
+    def _renew_in(self) -> float:
+        """Seconds until the holder's next renewal is due (0: now, or never renewed)."""
+        if self._renewed_at is None:
+            return 0.0
+        left = self._renewed_at + self.timings.renew_interval - time.monotonic()
+        return left if left > RENEW_SLACK else 0.0
+
     def _expired(self, lease: JSON) -> bool:
         spec = lease.get("spec", {})
         duration = float(spec.get("leaseDurationSeconds") or self.timings.duration)
@@ -399,12 +425,42 @@ class LeaseElector:
         self._renewed_at = sent
         self._observe(written)
 
+    def _taken_from_us(self) -> JSON | None:
+        """The watched Lease, when it shows someone else took it from us since our last write
+        (a preemption); None otherwise. A lagging copy that still names us is ignored."""
+        if self.watched is None or self._lease is None:
+            return None
+        known, lease = self.watched()
+        if not known or lease is None:
+            return None
+        holder = lease.get("spec", {}).get("holderIdentity") or None
+        ours = self._lease.get("metadata", {}).get("resourceVersion")
+        theirs = lease.get("metadata", {}).get("resourceVersion")
+        if holder in (None, self.identity) or theirs == ours:
+            return None
+        return lease
+
     async def _round(self) -> None:
-        healthy = self.healthy()
-        campaigning = healthy and time.monotonic() >= self._out_until
+        preempt, self._preempt = self._preempt, None
+        campaigning = self.campaign and time.monotonic() >= self._out_until
+        taken = self._taken_from_us() if self.is_holder else None
+        if taken is not None:
+            self._observe(taken)
+            self._renewed_at = None
+            log.info(
+                "election %s: %s was replaced by %s",
+                self.lease_name,
+                self.identity,
+                self._seen_holder,
+            )
+            return
         if self.is_holder and self._lease is not None:
             if not campaigning:
                 await self.release()
+                return
+            if self._renew_in() > 0:
+                # Woken early (our own renewal's watch event, a campaign or health change):
+                # only a renewal that is due is sent, so a wake never costs a write.
                 return
             # Renew from the object our last write returned: one request per renew. A 409 means
             # someone else wrote it; step() drops the copy and the next round reads afresh.
@@ -432,6 +488,15 @@ class LeaseElector:
         elif campaigning and (holder is None or self._expired(lease)):
             await self._write(lease, acquire=True)
             log.info("election %s: %s acquired (was %r)", self.lease_name, self.identity, holder)
+        elif campaigning and preempt is not None and holder == preempt:
+            await self._write(lease, acquire=True)
+            self.preemptions += 1
+            log.info(
+                "election %s: %s took over from %s, whose beacons stopped",
+                self.lease_name,
+                self.identity,
+                holder,
+            )
         else:
             # Someone else holds it (or we are out): whatever we proved before is void now.
             self._renewed_at = None

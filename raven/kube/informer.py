@@ -23,8 +23,9 @@ import asyncio
 import copy
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from raven.aio import cancel_and_wait
@@ -99,6 +100,11 @@ class Informer:
     def snapshot(self) -> dict[str, JSON]:
         """A deep copy of the cache: name -> object. Safe to keep and mutate."""
         return copy.deepcopy(self._cache)
+
+    def view(self) -> Mapping[str, JSON]:
+        """The cache as it is now, without a copy: read it, never change it. The mapping stays
+        the same snapshot after a re-list (which replaces the cache) but not after an event."""
+        return MappingProxyType(self._cache)
 
     def get(self, name: str) -> JSON | None:
         obj = self._cache.get(name)

@@ -1,19 +1,18 @@
 """Build and teardown primitives for the lab: namespaces, veths, bridges, addresses, routes, NAT.
 
-Thin wrappers over pyroute2 (netlink) plus ``ip netns exec`` for sysctl and iptables, which are
-the natural tools there. ``ns=None`` means the host's namespace. Nothing here knows the topology.
+Thin wrappers over iproute2's ``ip`` (the lab builds links once; only the agent keeps a netlink
+socket, in raven.netlink) plus ``ip netns exec`` for sysctl and iptables. ``ns=None`` means the
+host's namespace. Nothing here knows the topology.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-
-from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_DIR = Path("/run/netns")
 
@@ -22,8 +21,13 @@ class LabNetError(RuntimeError):
     """A netlink, sysctl or iptables step of the lab failed."""
 
 
-def _ipr(ns: str | None) -> IPRoute:
-    return IPRoute(netns=ns) if ns else IPRoute()
+def _ip(ns: str | None, *args: str, json_out: bool = False) -> str:
+    """Run ``ip`` (in ``ns`` when given); LabNetError naming the command when it fails."""
+    cmd = ["ip", *(["-n", ns] if ns else []), *(["-j"] if json_out else []), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabNetError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout
 
 
 def list_netns() -> list[str]:
@@ -36,9 +40,8 @@ def list_netns() -> list[str]:
 def create_netns(name: str) -> None:
     if name in list_netns():
         raise LabNetError(f"network namespace {name} already exists")
-    netns.create(name)
-    with _ipr(name) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    _ip(None, "netns", "add", name)
+    _ip(name, "link", "set", "lo", "up")
 
 
 def attach_netns(name: str, pid: int) -> None:
@@ -60,7 +63,7 @@ def remove_netns(name: str) -> bool:
     """Remove a namespace (its links go with it). False if it did not exist."""
     if name not in list_netns():
         return False
-    netns.remove(name)
+    _ip(None, "netns", "del", name)
     return True
 
 
@@ -70,42 +73,28 @@ def ns_pids(name: str) -> list[int]:
     return [int(p) for p in out.stdout.split()] if out.returncode == 0 else []
 
 
-def _index(ipr: IPRoute, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise LabNetError(f"interface {ifname} not found")
-    return int(found[0])
-
-
 def add_veth(ns_a: str | None, if_a: str, ns_b: str | None, if_b: str) -> None:
     """A veth pair with one end in each namespace, both up."""
-    peer: dict[str, object] = {"ifname": if_b}
-    if ns_b is not None:
-        peer["net_ns_fd"] = ns_b
     try:
-        with _ipr(ns_a) as ipr:
-            ipr.link("add", ifname=if_a, kind="veth", peer=peer)
-            ipr.link("set", index=_index(ipr, if_a), state="up")
-        with _ipr(ns_b) as ipr:
-            ipr.link("set", index=_index(ipr, if_b), state="up")
-    except NetlinkError as e:
+        peer = ["peer", "name", if_b, *(["netns", ns_b] if ns_b is not None else [])]
+        _ip(ns_a, "link", "add", if_a, "type", "veth", *peer)
+        _ip(ns_a, "link", "set", if_a, "up")
+        _ip(ns_b, "link", "set", if_b, "up")
+    except LabNetError as e:
         raise LabNetError(f"veth {ns_a or 'host'}/{if_a} <-> {ns_b or 'host'}/{if_b}: {e}") from e
 
 
 def add_bridge(ns: str, name: str) -> None:
-    with _ipr(ns) as ipr:
-        ipr.link("add", ifname=name, kind="bridge")
-        ipr.link("set", index=_index(ipr, name), state="up")
+    _ip(ns, "link", "add", name, "type", "bridge")
+    _ip(ns, "link", "set", name, "up")
 
 
 def set_master(ns: str, ifname: str, bridge: str) -> None:
-    with _ipr(ns) as ipr:
-        ipr.link("set", index=_index(ipr, ifname), master=_index(ipr, bridge))
+    _ip(ns, "link", "set", ifname, "master", bridge)
 
 
 def add_address(ns: str | None, ifname: str, ip: ipaddress.IPv4Address, prefixlen: int) -> None:
-    with _ipr(ns) as ipr:
-        ipr.addr("add", index=_index(ipr, ifname), address=str(ip), prefixlen=prefixlen)
+    _ip(ns, "addr", "add", f"{ip}/{prefixlen}", "dev", ifname)
 
 
 def add_route(
@@ -116,49 +105,46 @@ def add_route(
     ifname: str | None = None,
 ) -> None:
     """A route in the main table: ``dst`` is a CIDR or ``default``."""
-    kwargs: dict[str, object] = {"dst": "0.0.0.0/0" if dst == "default" else dst}
-    with _ipr(ns) as ipr:
-        if gateway is not None:
-            kwargs["gateway"] = str(gateway)
-        if ifname is not None:
-            kwargs["oif"] = _index(ipr, ifname)
-            if gateway is None:
-                kwargs["scope"] = 253  # link: directly reachable, as for a veth peer's /32
-        try:
-            ipr.route("add", **kwargs)
-        except NetlinkError as e:
-            raise LabNetError(f"route {dst} in {ns}: {e}") from e
+    args = ["route", "add", dst]
+    if gateway is not None:
+        args += ["via", str(gateway)]
+    if ifname is not None:
+        args += ["dev", ifname]
+        if gateway is None:
+            args += ["scope", "link"]  # directly reachable, as for a veth peer's /32
+    try:
+        _ip(ns, *args)
+    except LabNetError as e:
+        raise LabNetError(f"route {dst} in {ns}: {e}") from e
 
 
 def link_names(ns: str | None) -> list[str]:
-    with _ipr(ns) as ipr:
-        return sorted(str(link.get("ifname")) for link in ipr.get_links())
+    return sorted(
+        str(link["ifname"]) for link in json.loads(_ip(ns, "link", "show", json_out=True))
+    )
 
 
 def delete_link(ns: str | None, ifname: str) -> bool:
-    with _ipr(ns) as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return False
-        ipr.link("del", index=found[0])
-        return True
+    if ifname not in link_names(ns):
+        return False
+    _ip(ns, "link", "del", ifname)
+    return True
 
 
 def host_addresses() -> list[ipaddress.IPv4Interface]:
-    with IPRoute() as ipr:
-        return [
-            ipaddress.IPv4Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in ipr.get_addr(family=2)
-        ]
+    out = []
+    for link in json.loads(_ip(None, "-4", "addr", "show", json_out=True)):
+        for a in link.get("addr_info", []):
+            out.append(ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
+    return out
 
 
 def host_routes() -> list[ipaddress.IPv4Network]:
-    with IPRoute() as ipr:
-        out = []
-        for r in ipr.get_routes(family=2, table=254):
-            dst = r.get("RTA_DST")
-            out.append(ipaddress.IPv4Network(f"{dst or '0.0.0.0'}/{r['dst_len']}", strict=False))
-        return out
+    out = []
+    for r in json.loads(_ip(None, "-4", "route", "show", "table", "main", json_out=True)):
+        dst = r.get("dst", "default")
+        out.append(ipaddress.IPv4Network("0.0.0.0/0" if dst == "default" else dst, strict=False))
+    return out
 
 
 def in_netns(ns: str, argv: list[str]) -> list[str]:

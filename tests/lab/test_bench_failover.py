@@ -58,8 +58,10 @@ def test_failover_bench_recovers_from_a_crash_and_a_graceful_stop(tmp_path_facto
         assert figures[f"{case}_ping_from"] != f"{old}-pod"
     # The probe ran 10 ms apart; the two runs add up.
     assert figures["sent"] == figures["crash_sent"] + figures["graceful_sent"]
-    # A crashed holder does not release: its lease runs out before anyone else takes it.
-    assert figures["crash_lease_acquired_ms"] >= figures["crash_lease_expired_ms"] - 5
+    # A crashed holder does not release; its beacons stop, so another candidate takes the Lease
+    # over while it is still valid, instead of waiting for it to run out.
+    assert "crash_lease_released_ms" not in figures
+    assert figures["crash_lease_acquired_ms"] < figures["crash_lease_expired_ms"]
     # A graceful stop releases the lease at once, so the new holder needs no expiry.
     assert "graceful_lease_released_ms" in figures
     assert figures["graceful_lease_acquired_ms"] < figures["crash_lease_acquired_ms"]

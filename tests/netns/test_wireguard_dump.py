@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.dump import DeviceStatus, PeerStatus, WireGuardError, parse_dump
 from gateway.keys import BadKey, public_key_of
-from gateway.wireguard import DeviceStatus, PeerStatus, WireGuardError, parse_dump, peer_args
+from gateway.wireguard import peer_args
 from raven.model import PeerSpec
 
 PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="

@@ -1,5 +1,5 @@
 """Lease election against a live loopback API server: one holder, sticky, fast hand-over on
-release, take-over after expiry, health gating, 409 races, and stepping down."""
+release, take-over after expiry or by preemption, campaign gating, 409 races, stepping down."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -77,7 +77,7 @@ async def test_one_of_three_candidates_wins(apiserver: Any, kube: KubeClient) ->
             await asyncio.sleep(0.25)
             assert holders(els) == [winner]
         assert await lease_holder(kube) == winner
-        assert [e.may_forward for e in els].count(True) == 1
+        assert [e.seen_holder == e.identity for e in els].count(True) == 1
 
 
 async def test_holder_is_sticky_when_a_new_candidate_joins(
@@ -123,44 +123,41 @@ async def test_killed_holder_is_replaced_after_lease_expiry(apiserver: Any) -> N
         assert 1.5 <= took <= 3.5, f"take-over {took:.2f}s after kill; lease is 2 s"
 
 
-async def test_unhealthy_candidate_never_campaigns(apiserver: Any, kube: KubeClient) -> None:
-    healthy = False
-    async with candidates(apiserver, ["n1"], healthy=lambda: healthy) as (el,):
+async def test_candidate_that_does_not_campaign_never_writes(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    async with candidates(apiserver, ["n1"], campaign=False) as (el,):
         await asyncio.sleep(1.5)
-        assert not el.is_holder and not el.may_forward
+        assert not el.is_holder and el.seen_holder is None
         with pytest.raises(NotFound):  # it did not even create the lease
             await kube.get(LEASES, "raven-gw-edge-a")
-        healthy = True
+        el.campaign = True
         el.wake()
         await wait_until(lambda: el.is_holder, what="campaigns once healthy")
         assert await lease_holder(kube) == "n1"
 
 
-async def test_holder_turning_unhealthy_releases(apiserver: Any, kube: KubeClient) -> None:
-    health = {"n1": True, "n2": True}
+async def test_holder_that_stops_campaigning_releases(apiserver: Any, kube: KubeClient) -> None:
     clients = [client_for_kubeconfig(apiserver.kubeconfig) for _ in range(2)]
     els = [
-        LeaseElector(c, "edge-a", n, namespace=NS, timings=SLOW_EXPIRY, healthy=_h(health, n))
+        LeaseElector(c, "edge-a", n, namespace=NS, timings=SLOW_EXPIRY)
         for c, n in zip(clients, ["n1", "n2"], strict=True)
     ]
     try:
         els[0].start()
         await wait_until(lambda: els[0].is_holder, what="n1 holds")
         els[1].start()
-        health["n1"] = False
+        els[0].campaign = False
         els[0].wake()
-        took = await wait_until(lambda: els[1].is_holder, timeout=3, what="n2 takes over")
-        assert took < 1.0, "an unhealthy holder releases instead of letting the lease expire"
+        await wait_until(lambda: els[1].is_holder, timeout=3, what="n2 takes over")
+        # Released, not expired: the Lease shows n1 gave it up (an empty holder in between).
         assert not els[0].is_holder
+        assert els[1].seen_holder == "n2" and els[0].last_error is None
     finally:
         for e in els:
             await e.stop(release=False)
         for c in clients:
             await c.close()
-
-
-def _h(health: dict[str, bool], name: str) -> Callable[[], bool]:
-    return lambda: health[name]
 
 
 async def test_race_for_a_free_lease_leaves_exactly_one_holder(
@@ -199,7 +196,7 @@ async def test_holder_that_sees_another_holder_steps_down(apiserver: Any, kube: 
         await kube.replace(LEASES, lease)
         took = await wait_until(lambda: el.seen_holder == "intruder", what="sees intruder")
         assert took < 0.6
-        assert not el.is_holder and not el.may_forward
+        assert not el.is_holder and el.seen_holder != el.identity
         assert changes[-1] == (False, "intruder")
         # It does not fight a live holder.
         await asyncio.sleep(0.3)
@@ -213,7 +210,7 @@ async def test_step_down_releases_and_stays_out_for_the_backoff(
         await wait_until(lambda: el.is_holder, what="n1 holds")
         await el.step_down(backoff=1.5)
         assert await lease_holder(kube) == ""
-        assert not el.is_holder and not el.may_forward
+        assert not el.is_holder and el.seen_holder != el.identity
         await asyncio.sleep(1.0)
         assert await lease_holder(kube) == "", "stays out during the back-off"
         await wait_until(lambda: el.is_holder, timeout=2, what="back after the back-off")
@@ -228,7 +225,7 @@ async def test_api_outage_holder_keeps_forwarding_but_not_proved(
         await asyncio.to_thread(apiserver.stop)
         await wait_until(lambda: not el.is_holder, timeout=3, what="proof runs out")
         # Nobody else can hold the lease either: keep carrying traffic (invariant 3).
-        assert el.seen_holder == "n1" and el.may_forward
+        assert el.seen_holder == "n1"
         assert el.last_error is not None
         await asyncio.sleep(1.0)  # many more failed rounds (renew every 0.25 s)
         await asyncio.to_thread(apiserver.restart)
@@ -261,7 +258,7 @@ async def test_cancelling_the_task_still_releases(apiserver: Any, kube: KubeClie
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await lease_holder(kube) == ""
-        assert not el.is_holder and not el.may_forward
+        assert not el.is_holder and el.seen_holder != el.identity
 
 
 async def test_candidates_fed_by_a_watch_send_no_reads_and_still_take_over(
@@ -307,3 +304,127 @@ async def test_candidates_fed_by_a_watch_send_no_reads_and_still_take_over(
             await inf.stop()
         for c in clients:
             await c.close()
+
+
+async def test_preempt_takes_the_lease_from_a_live_holder_that_then_learns_it(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    informer = Informer(client_for_kubeconfig(apiserver.kubeconfig), LEASES)
+    informer.start()
+    await informer.wait_synced(5)
+    watched = lambda: (informer.synced, informer.get("raven-gw-edge-a"))  # noqa: E731
+    try:
+        async with candidates(apiserver, ["n1", "n2"], watched=watched) as (n1, n2):
+            await wait_until(lambda: len(holders([n1, n2])) == 1, what="a holder")
+            old, new = (n1, n2) if n1.is_holder else (n2, n1)
+            transitions = (await kube.get(LEASES, "raven-gw-edge-a"))["spec"]["leaseTransitions"]
+            new.preempt(old.identity)  # as the agent does when old's beacons stop
+            await wait_until(lambda: new.is_holder, timeout=3, what="the takeover")
+            assert new.preemptions == 1
+            lease = await kube.get(LEASES, "raven-gw-edge-a")
+            assert lease["spec"]["holderIdentity"] == new.identity
+            assert lease["spec"]["leaseTransitions"] == transitions + 1
+            # The old holder, still renewing, sees it was replaced and stops claiming it.
+            old.wake()
+            await wait_until(lambda: old.seen_holder == new.identity, timeout=3, what="noticed")
+            assert not old.is_holder
+            await asyncio.sleep(0.6)  # a few of its renewal intervals
+            assert await lease_holder(kube) == new.identity
+    finally:
+        await informer.stop()
+        await informer.client.close()
+
+
+async def test_preempt_of_a_holder_that_is_not_the_current_one_changes_nothing(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    async with candidates(apiserver, ["n1", "n2"]) as (n1, n2):
+        await wait_until(lambda: len(holders([n1, n2])) == 1, what="a holder")
+        old, new = (n1, n2) if n1.is_holder else (n2, n1)
+        new.preempt("someone-else")  # stale news: that node no longer holds it
+        await asyncio.sleep(0.5)
+        assert await lease_holder(kube) == old.identity and new.preemptions == 0
+        new.campaign = False
+        new.preempt(old.identity)  # a node that does not campaign never takes over
+        await asyncio.sleep(0.5)
+        assert await lease_holder(kube) == old.identity and new.preemptions == 0
+
+
+async def test_holder_woken_by_its_own_renewals_still_renews_once_per_interval(
+    apiserver: Any,
+) -> None:
+    # The agent wakes the elector on every event of its pool's Lease, the holder's own renewals
+    # included. A wake must not cost a write: else every renewal's event starts the next one
+    # and a pool costs the API server as many writes as it can answer.
+    client = client_for_kubeconfig(apiserver.kubeconfig)
+    informer = Informer(client, LEASES)
+    writes: list[str] = []
+    timings = LeaseTimings(duration=4, renew_interval=1.0, retry_interval=0.1)
+    el = LeaseElector(
+        client,
+        "edge-a",
+        "n1",
+        namespace=NS,
+        timings=timings,
+        watched=lambda: (informer.synced, informer.get("raven-gw-edge-a")),
+    )
+
+    def on_event(kind: str, lease: dict[str, Any]) -> None:
+        writes.append(lease["metadata"]["resourceVersion"])
+        el.wake()
+
+    informer.add_listener(on_event)
+    informer.start()
+    try:
+        await informer.wait_synced(5)
+        el.start()
+        await wait_until(lambda: el.is_holder and writes, what="n1 holds")
+        before = len(writes)
+        await asyncio.sleep(3.0)
+        # Three renewals are due in 3 s (one more if a timer straddles the edges).
+        assert len(writes) - before <= 4, f"{len(writes) - before} writes in 3 s"
+        assert el.is_holder
+    finally:
+        await el.stop(release=False)
+        await informer.stop()
+        await client.close()
+
+
+class _ToldDuringWrite(KubeClient):
+    """Runs ``during`` when the Lease is created, before the request goes out (a campaign
+    change that arrives while the elector's write is on the wire)."""
+
+    during: Any = None
+
+    async def create(self, resource: Any, obj: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        if self.during is not None:
+            self.during()
+        return await super().create(resource, obj, **kw)
+
+
+async def test_campaign_change_during_a_write_is_acted_on_at_once(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    client = _ToldDuringWrite(client_for_kubeconfig(apiserver.kubeconfig).config)
+    slow = LeaseTimings(duration=60, renew_interval=20, retry_interval=0.1)
+    el = LeaseElector(client, "edge-a", "n1", namespace=NS, timings=slow)
+
+    def stop_campaigning() -> None:
+        el.campaign = False
+        el.wake()
+
+    client.during = stop_campaigning
+    el.start()
+    try:
+        # Created naming n1, then released at once, not at the next renewal 20 s later.
+        deadline = time.monotonic() + 5
+        holder = None
+        while holder != "" and time.monotonic() < deadline:
+            with contextlib.suppress(NotFound):
+                holder = await lease_holder(kube)
+            await asyncio.sleep(0.05)
+        assert holder == "", f"the Lease still names {holder!r}"
+        assert not el.is_holder
+    finally:
+        await el.stop(release=False)
+        await client.close()

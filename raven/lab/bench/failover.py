@@ -352,7 +352,11 @@ def timeline(bench: Bench, *, t_fault: float, old_gw: str, new_gw: str, member: 
     marks["lease_released"] = first(old, election, f"{old_gw} released")
     if new_gw:
         new = log_lines(bench.agent_log(new_gw), after=t_fault)
-        acquired = first(new, election, new_gw, "acquired") or first(new, election, "holds it")
+        acquired = (
+            first(new, election, new_gw, "acquired")
+            or first(new, election, new_gw, "took over")  # preempted a silent holder
+            or first(new, election, "holds it")
+        )
         marks["lease_acquired"] = acquired
         after = acquired or t_fault
         marks["gateway_applied"] = first(new, "applied role=gateway", after=after)

@@ -28,6 +28,7 @@ from typing import Any
 from raven.model import DEFAULT_TABLE, RAVEN_RTPROTO, RouteSpec
 from raven.netlink.batch import RouteSocket
 from raven.netlink.errors import NetlinkError
+from raven.netlink.kernel import Kernel
 from raven.netlink.routes import RouteReconciler, clear_spec_cache
 
 FIRST_DST = ipaddress.IPv4Address("100.64.0.0")  # /32s counted up from here (CGNAT space)
@@ -117,10 +118,10 @@ def _ip_batch(ns: str, routes: Sequence[RouteSpec], workdir: str) -> float:
     return time.perf_counter() - start
 
 
-def _raven_sync(ipr: Any, routes: Sequence[RouteSpec]) -> tuple[float, RouteReconciler]:
+def _raven_sync(kernel: Kernel, routes: Sequence[RouteSpec]) -> tuple[float, RouteReconciler]:
     """Seconds a fresh reconciler takes for a full sync of ``routes``, and the reconciler."""
     clear_spec_cache()  # a full sync after a start parses every spec; don't time a warm cache
-    rec = RouteReconciler(ipr, tables=(routes[0].table,))
+    rec = kernel.routes((routes[0].table,))
     start = time.perf_counter()
     try:
         changes = rec.reconcile(routes)
@@ -144,18 +145,16 @@ def run(count: int = 10000, rounds: int = 3, table: int = DEFAULT_TABLE) -> dict
         raise BenchError("needs root (network namespaces)")
     if shutil.which("ip") is None:
         raise BenchError("missing tool: ip (iproute2)")
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]
-
     routes = _routes(count, table)
     raven_s: list[float] = []
     ip_s: list[float] = []
-    with _namespace() as ns, tempfile.TemporaryDirectory() as workdir, IPRoute(netns=ns) as ipr:
+    with _namespace() as ns, tempfile.TemporaryDirectory() as workdir, Kernel(ns) as kernel:
         rec: RouteReconciler | None = None
         for _ in range(rounds):
             ip_s.append(_ip_batch(ns, routes, workdir))
             _expect(ns, routes, "ip -batch")
             _flush(ns, table)
-            elapsed, rec = _raven_sync(ipr, routes)
+            elapsed, rec = _raven_sync(kernel, routes)
             raven_s.append(elapsed)
             _expect(ns, routes, "reconciler full sync")
             if len(raven_s) < rounds:

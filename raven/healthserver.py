@@ -1,0 +1,64 @@
+"""The small HTTP endpoint of a Raven process: ``/healthz``, ``/readyz`` and ``/metrics``.
+
+``/healthz`` answers 200 while ``alive()`` holds (the process's loops run) and 503 otherwise, so
+the kubelet restarts a process that hangs; ``/readyz`` answers 200 while ``ready()`` holds, 503
+with the reason otherwise; ``/metrics`` is the Prometheus text of a prometheus-client registry.
+Plain HTTP and no credentials: it says nothing secret, and the kubelet probes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+#: (ok, why): why is shown in the body when not ok.
+Check = Callable[[], tuple[bool, str]]
+
+
+class HealthServer:
+    def __init__(
+        self,
+        *,
+        alive: Check,
+        ready: Check,
+        registry: CollectorRegistry,
+        host: str = "0.0.0.0",
+        port: int = 10262,
+    ) -> None:
+        self.alive, self.ready, self.registry = alive, ready, registry
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._check(self.alive))
+        app.router.add_get("/readyz", self._check(self.ready))
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server: Any = site._server  # aiohttp keeps the listening server private
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @staticmethod
+    def _check(check: Check) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(_: web.Request) -> web.StreamResponse:
+            ok, why = check()
+            return web.Response(status=200 if ok else 503, text="ok\n" if ok else f"{why}\n")
+
+        return handler
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
