@@ -55,8 +55,7 @@ def attach_netns(name: str, pid: int) -> None:
     )
     if proc.returncode != 0:
         raise LabNetError(f"ip netns attach {name} {pid}: {proc.stderr.strip()}")
-    with _ipr(name) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    _ip(name, "link", "set", "lo", "up")
 
 
 def remove_netns(name: str) -> bool:

@@ -168,11 +168,6 @@ def test_cache_proxy_probes_are_green_in_every_pod(lab_pods: LabPods) -> None:
             assert got.startswith("200"), (node, kind, got)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent serves /healthz and /readyz on RAVEN_HEALTH_PORT once its health server "
-    "exists (deploy/monitoring/README.md); until then the kubelet's probes find nothing",
-)
 def test_agent_probes_are_green_in_every_pod(lab_pods: LabPods) -> None:
     for pod in lab_pods.pods.values():
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from agent.config import AgentSettings
-from agent.events import EVENTS
 from raven.cacheproxy.server import DEFAULT_PORT as PROXY_PORT
+from raven.kube.events import EVENTS
 from raven.kube.resources import GATEWAYS, NODES, leases
 from raven.lab.engine import CRD_DIR
 from raven.names import POOL_LABEL
