@@ -19,6 +19,8 @@ def forward(ns: str, state: str) -> str:
 
 def test_ip_forward_written_only_when_different(netns):
     host_before = open("/proc/sys/net/ipv4/ip_forward").read()
+    # A new namespace copies the host's setting, whatever another program made it: start off.
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=netns)
     assert sh("cat", "/proc/sys/net/ipv4/ip_forward", ns=netns).strip() == "0"
     assert forward(netns, "on") == "True"
     assert sh("cat", "/proc/sys/net/ipv4/ip_forward", ns=netns).strip() == "1"
