@@ -156,14 +156,16 @@ async def test_killed_holder_is_replaced_after_lease_expiry(
 
 async def test_unhealthy_candidate_never_campaigns(apiserver: Any, kube: KubeClient) -> None:
     healthy = False
-    async with candidates(apiserver, ["n1"], healthy=lambda: healthy) as (el,):
-        await asyncio.sleep(1.5)
+    async with candidates(apiserver, ["n1"], healthy=lambda: healthy, start=False) as (el,):
+        for _ in range(3):  # rounds while unhealthy, however slow the machine
+            await el.step()
         assert not el.is_holder and not el.may_forward
         with pytest.raises(NotFound):  # it did not even create the lease
             await kube.get(LEASES, "raven-gw-edge-a")
+        el.start()
         healthy = True
         el.wake()
-        await wait_until(lambda: el.is_holder, what="campaigns once healthy")
+        await wait_until(lambda: el.is_holder, timeout=SOON, what="campaigns once healthy")
         assert await lease_holder(kube) == "n1"
 
 
