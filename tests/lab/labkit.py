@@ -1,19 +1,25 @@
-"""Helpers for whole-lab tests: run the real CLI with a private prefix and state dir, and
-check that nothing of a lab is left on the host."""
+"""Helpers for whole-lab tests: run the real CLI with a private prefix and state dir, wait for
+what a test checks (with a deadline, naming what was seen last), and check that nothing of a lab
+is left on the host."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
-from raven.lab import apiserver_proc
+from raven.lab import apiserver_proc, matrix
+from raven.lab.topology import Lab, Pod
+
+from ..waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RAVEN = Path(sys.executable).parent / "raven"
@@ -107,6 +113,30 @@ class LabEnv:
         return left
 
 
+#: What an agent logs once it has applied its first plan (and again whenever the plan changes).
+AGENT_APPLIED = "applied role="
+
+
+def agent_log(env: LabEnv, node: str) -> Path:
+    return env.state_dir / "agents" / node / "agent.log"
+
+
+def log_size(env: LabEnv, node: str) -> int:
+    """Where the agent log of ``node`` ends now: pass it to :func:`wait_applied` as ``since``."""
+    path = agent_log(env, node)
+    return path.stat().st_size if path.exists() else 0
+
+
+def wait_applied(env: LabEnv, node: str, *, since: int, deadline: float = 60) -> float:
+    """Wait until the agent of ``node`` has applied a plan after byte ``since`` of its log (a
+    restarted agent: it has read the cluster, published its key and programmed the kernel)."""
+
+    def applied() -> bool:
+        return AGENT_APPLIED in agent_log(env, node).read_bytes()[since:].decode(errors="replace")
+
+    return wait_for(applied, deadline, f"the agent of {node} to apply a plan")
+
+
 def make_env(tmp_path_factory: pytest.TempPathFactory, tag: str) -> LabEnv:
     require_root()
     prefix = f"t{tag}{os.getpid() % 10000:04d}"[:8]
@@ -138,13 +168,103 @@ def main_table(ns: str) -> str:
     return ns_exec(ns, "ip", "route", "show", "table", "main").stdout
 
 
-def wait_for(
-    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.3
+def wait_reachable(
+    lab: Lab,
+    pairs: Iterable[tuple[Pod, Pod]] | None = None,
+    *,
+    deadline: float,
+    size: int = 56,
+    ping_timeout: float = 1.0,
 ) -> float:
-    """Poll until ``predicate()`` is true; the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Wait until every pair (default: every ordered pod pair) answers one ping of ``size``
+    bytes, not fragmented; the seconds that took. A pair that answered once is not asked again;
+    on timeout the pairs that never answered are named."""
+    todo = list(matrix.pairs(lab) if pairs is None else pairs)
+
+    def all_answered() -> bool:
+        nonlocal todo
+        results = matrix.matrix(lab, size=size, timeout=ping_timeout, which=todo)
+        todo = [ab for ab, r in zip(todo, results, strict=True) if not r.ok]
+        assert not todo, "no answer: " + ", ".join(f"{a.name} -> {b.name}" for a, b in todo)
+        return True
+
+    return wait_for(all_answered, deadline, f"{len(todo)} pod pairs to answer {size}-byte pings")
+
+
+def wait_listening(ns: str, port: int, *, deadline: float = 30) -> None:
+    """Wait until something in ``ns`` listens on TCP ``port``."""
+
+    def listening() -> bool:
+        out = ns_exec(ns, "ss", "-Hltn", f"sport = :{port}").stdout
+        return bool(out.strip())
+
+    wait_for(listening, deadline, f"a TCP listener on port {port} in {ns}", interval=0.1)
+
+
+def read_output(f: IO[str]) -> str:
+    """All a child process has written to ``f`` so far. Read with pread: the child shares the
+    file offset, so seeking it while the child writes would make the child overwrite itself."""
+    fd = f.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+
+class Capture:
+    """tcpdump in a namespace, running from ``start()`` (which returns once it is listening,
+    so nothing sent afterwards can slip past it) until ``stop()`` (which returns what it
+    printed, one packet a line; so does every later call). Packets reach it as they arrive,
+    in order: once :meth:`wait_seen` saw a packet, every packet that arrived before it is in
+    the output too. As a context manager it captures for the duration of the block."""
+
+    def __init__(self, ns: str, *args: str) -> None:
+        self.argv = ["ip", "netns", "exec", ns, "tcpdump", "-n", "-l", "--immediate-mode", *args]
+        self.ns = ns
+        self.output: str | None = None
+
+    def start(self, *, deadline: float = 30) -> Capture:
+        self.out = tempfile.TemporaryFile("w+")
+        self.err = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(self.argv, stdout=self.out, stderr=self.err, text=True)
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, f"tcpdump exited: {self._read(self.err)}"
+            return "listening on" in self._read(self.err)
+
+        try:
+            wait_for(listening, deadline, f"tcpdump to listen in {self.ns}", interval=0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_seen(self, text: str, *, count: int = 1, deadline: float = 30) -> str:
+        """Wait until ``text`` is in ``count`` lines of the output so far; that output."""
+
+        def seen() -> bool:
+            return self._read(self.out).count(text) >= count
+
+        wait_for(seen, deadline, f"{count} x {text!r} in the capture in {self.ns}", interval=0.05)
+        return self._read(self.out)
+
+    def stop(self) -> str:
+        if self.output is None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)  # tcpdump flushes what it has, then exits
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.output = self._read(self.out)
+            self.out.close()
+            self.err.close()
+        return self.output
+
+    @staticmethod
+    def _read(f: IO[str]) -> str:
+        return read_output(f)
+
+    def __enter__(self) -> Capture:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -54,8 +54,9 @@ def test_crosspool_bench_prints_consistent_figures_and_leaves_nothing(tmp_path_f
     assert 1.0 < fig["up_to_full_matrix_s"] < took
     assert fig["raven_mbit_s"] > 0 and fig["handbuilt_mbit_s"] > 0
     assert fig["ratio"] == pytest.approx(fig["raven_mbit_s"] / fig["handbuilt_mbit_s"], rel=0.01)
-    assert fig["raven_retransmits"] >= 0 and fig["handbuilt_retransmits"] >= 0
-    assert fig["duration_s"] == 2 and fig["rounds"] == 1 and fig["load_1m"] >= 0
+    # Retransmits and the machine's load say how far to trust the figures: they must be there.
+    assert {"raven_retransmits", "handbuilt_retransmits", "load_1m"} <= fig.keys(), fig
+    assert fig["duration_s"] == 2 and fig["rounds"] == 1
     # What the quiet lab's processes cost, per role, summed over the nodes (% of one core).
     for role in ("agent", "cache_proxy", "apiserver"):
         assert 0 <= fig[f"idle_cpu_{role}_percent"] < 200, (role, fig)

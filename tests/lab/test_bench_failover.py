@@ -45,17 +45,22 @@ def test_failover_bench_recovers_from_a_crash_and_a_graceful_stop(tmp_path_facto
         assert figures[f"{case}_recovered"] == 1, (case, figures)
         gap, lost, sent = (figures[f"{case}_gap_ms"], figures[f"{case}_lost"],
                            figures[f"{case}_sent"])
-        # The gateway really went away: the probe saw an outage (well above the 10 ms interval),
-        # and it was finite (recovered before the timeout).
-        assert 20 < gap < 25_000, (case, gap)
-        assert 0 < lost < sent, (case, lost, sent)
+        # Whatever outage the probe saw was finite (recovered before the timeout), and it kept
+        # answering most of the time.
+        assert gap < 25_000 and lost < sent, (case, gap, lost, sent)
         # Losses and the silence agree: one datagram per 10 ms, mostly inside the longest gap
         # (WireGuard may hold some back until its handshake, so fewer can be lost than sent
         # during the gap; a short second hole may add a few).
         assert lost * 10 <= 2 * gap + 500, (case, lost, gap)
-        # The outage ends after the new holder took the lease (the data path follows the lease).
-        assert figures[f"{case}_traffic_back_ms"] >= figures[f"{case}_lease_acquired_ms"] - 50
         assert figures[f"{case}_ping_from"] != f"{old}-pod"
+    # A crashed gateway really goes away: the probe sees an outage (well above the 10 ms
+    # interval) with datagrams lost, ending after the new holder took the lease (the data path
+    # follows the lease). A graceful stop keeps forwarding until the hand-over, and WireGuard
+    # holds datagrams back during the new gateway's handshake rather than dropping them, so it
+    # may lose nothing; its longest gap can be the busy machine's rather than the hand-over's.
+    gap, lost = figures["crash_gap_ms"], figures["crash_lost"]
+    assert gap > 20 and lost > 0, (gap, lost)
+    assert figures["crash_traffic_back_ms"] >= figures["crash_lease_acquired_ms"] - 50, figures
     # The probe ran 10 ms apart; the two runs add up.
     assert figures["sent"] == figures["crash_sent"] + figures["graceful_sent"]
     # A crashed holder does not release; its beacons stop, so another candidate takes the Lease

@@ -18,11 +18,21 @@ import pytest
 from raven.lab import engine, matrix
 from raven.lab.topology import Lab
 
-from .labkit import LabEnv, main_table, make_env, ns_exec, wait_for
+from .labkit import (
+    Capture,
+    LabEnv,
+    log_size,
+    main_table,
+    make_env,
+    ns_exec,
+    wait_applied,
+    wait_for,
+    wait_listening,
+    wait_reachable,
+)
 from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
-
 
 
 @dataclass
@@ -55,17 +65,16 @@ def rules(ns: str) -> str:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     env = make_env(tmp_path_factory, "xp")
-    res = env.raven("up", "--no-agents")
     try:
+        res = env.raven("up", "--no-agents", timeout=180)
         assert res.returncode == 0, res.stderr + res.stdout
         _, lab = engine.load(engine.Settings(state_dir=env.state_dir, prefix=env.prefix))
         main_before = {n.name: main_table(n.netns) for n in lab.nodes}
         rules_before = {n.name: rules(n.netns) for n in lab.nodes}
         start = time.monotonic()
-        started = env.raven("agents", "start")
+        started = env.raven("agents", "start", timeout=120)
         assert started.returncode == 0, started.stderr + started.stdout
-        seconds = matrix.wait_full_matrix(lab, timeout=60)
-        assert seconds is not None, "not every pod reached every other pod within 60 s"
+        wait_reachable(lab, deadline=90)
         yield Running(env, lab, main_before, rules_before, time.monotonic() - start)
     finally:
         down = env.raven("down")
@@ -74,65 +83,86 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 def test_every_pod_reaches_every_other_pod_with_1400_byte_unfragmented_pings(running):
-    results = matrix.matrix(running.lab, size=matrix.PAYLOAD_1400, timeout=2)
-    assert len(results) == 72
-    assert [r for r in results if not r.ok] == []
+    # A route MTU too large for the tunnel fails such a ping every time, so a pair that
+    # answers once (retried only while the machine is slow to answer) proves the path fits.
+    assert len(matrix.pairs(running.lab)) == 72
+    wait_reachable(running.lab, size=matrix.PAYLOAD_1400, ping_timeout=2, deadline=30)
+
+
+# Gateway status is written a round after the kernel changes: a full ping matrix does not mean
+# the status shows it yet. The tests below wait until it does (a round is at most the agent's
+# resync, 10 s, after a probe flips), then check it whole, from one reading.
+STATUS_DEADLINE = 40
 
 
 def test_edge_pools_reach_each_other_only_through_the_relay(running):
-    gws = running.gateways()
-    relay = gws["cloud"]["status"]
-    assert gws["cloud"]["spec"]["relay"] is True
-    # The relay holds one peer per edge pool, with exactly that pool's subnets.
-    peers = {p["pool"]: p for p in relay["peers"]}
-    assert set(peers) == {"edge-a", "edge-b"}
-    for pool in ("edge-a", "edge-b"):
-        assert sorted(peers[pool]["allowedIPs"]) == sorted(gws[pool]["status"]["subnets"])
-    # An edge gateway's only peer is the relay.
-    for pool in ("edge-a", "edge-b"):
-        (peer,) = gws[pool]["status"]["peers"]
-        assert peer["node"] == relay["activeNode"] and peer["state"] == "Up"
+    def through_the_relay() -> bool:
+        gws = running.gateways()
+        assert set(gws) == {"cloud", "edge-a", "edge-b"}, sorted(gws)
+        assert gws["cloud"]["spec"]["relay"] is True
+        relay = gws["cloud"].get("status", {})
+        # The relay holds one peer per edge pool, with exactly that pool's subnets.
+        peers = {p["pool"]: p for p in relay.get("peers", [])}
+        assert set(peers) == {"edge-a", "edge-b"}, relay
+        for pool in ("edge-a", "edge-b"):
+            subnets = gws[pool].get("status", {}).get("subnets", [])
+            assert sorted(peers[pool]["allowedIPs"]) == sorted(subnets), (pool, peers[pool])
+        # An edge gateway's only peer is the relay, and its tunnel is up.
+        for pool in ("edge-a", "edge-b"):
+            edge = gws[pool].get("status", {})
+            assert [(p["node"], p["state"]) for p in edge.get("peers", [])] == [
+                (relay["activeNode"], "Up")
+            ], (pool, edge)
+        return True
+
+    wait_for(
+        through_the_relay,
+        STATUS_DEADLINE,
+        "Gateway status to show the edge pools' tunnels up to the relay",
+    )
 
 
 def test_kubectl_get_gw_lists_three_gateways_with_an_active_node_and_all_peers_up(running):
-    def all_up() -> bool:
+    def listed() -> bool:
+        table = running.kubectl("get", "gw").stdout.splitlines()
         gws = running.gateways()
-        return len(gws) == 3 and all(
-            g["status"].get("activeNode")
-            and g["status"].get("peersReady", "").split("/")[0]
-            == g["status"].get("peersReady", "").split("/")[-1]
-            != "0"
-            for g in gws.values()
-        )
+        assert table and table[0].split()[:5] == ["NAME", "POOL", "ACTIVE", "ENDPOINT", "PEERS"]
+        rows = {line.split()[0]: line.split() for line in table[1:]}
+        assert {pool: row[4] for pool, row in rows.items()} == {
+            "cloud": "2/2",
+            "edge-a": "1/1",
+            "edge-b": "1/1",
+        }, table
+        # The columns show the status fields (read just after the table: a status written
+        # in between shows as a difference, and the next look reads both again).
+        for pool, row in rows.items():
+            status = gws[pool]["status"]
+            assert row[2:5] == [status["activeNode"], status["endpoint"], status["peersReady"]], (
+                row,
+                status,
+            )
+        return True
 
-    wait_for(all_up, 20, "every Gateway to show an active node with all peers up")
-    table = running.kubectl("get", "gw").stdout.splitlines()
-    assert table[0].split()[:5] == ["NAME", "POOL", "ACTIVE", "ENDPOINT", "PEERS"]
-    rows = {line.split()[0]: line.split() for line in table[1:]}
-    gws = running.gateways()
-    for pool, row in rows.items():
-        status = gws[pool]["status"]
-        assert row[2] == status["activeNode"] and row[3] == status["endpoint"]
-        assert row[4] == status["peersReady"]
-    assert rows["cloud"][4] == "2/2" and rows["edge-a"][4] == "1/1" and rows["edge-b"][4] == "1/1"
+    wait_for(listed, STATUS_DEADLINE, "kubectl get gw to list every pool with all peers up")
 
 
 def test_gateway_status_carries_rtt_and_last_handshake_per_peer(running):
     def measured() -> bool:
-        return all(
-            p.get("rttMs") is not None and p.get("lastHandshake") and g["status"].get("rtt")
-            for g in running.gateways().values()
-            for p in g["status"].get("peers", [])
-        )
+        gws = running.gateways()
+        for name, gw in gws.items():
+            status = gw.get("status", {})
+            peers = status.get("peers", [])
+            assert peers, (name, status)
+            for p in peers:
+                assert p.get("lastHandshake") and p.get("rttMs") is not None, (name, p)
+                assert 0 < p["rttMs"] < 1000, (name, p)
+            worst = max(p["rttMs"] for p in peers)
+            assert status.get("rtt") == f"{worst:.1f}ms", (name, status)
+        table = running.kubectl("get", "gw").stdout.splitlines()
+        assert len(table) == 4 and all(line.split()[5].endswith("ms") for line in table[1:]), table
+        return True
 
-    wait_for(measured, 30, "an RTT and a handshake time for every peer")
-    for gw in running.gateways().values():
-        status = gw["status"]
-        worst = max(p["rttMs"] for p in status["peers"])
-        assert status["rtt"] == f"{worst:.1f}ms"
-        assert all(0 < p["rttMs"] < 1000 for p in status["peers"])
-    table = running.kubectl("get", "gw").stdout.splitlines()
-    assert all(line.split()[5].endswith("ms") for line in table[1:])
+    wait_for(measured, STATUS_DEADLINE, "an RTT and a handshake time for every peer")
 
 
 def test_main_tables_stay_byte_identical_while_agents_run(running):
@@ -148,7 +178,7 @@ def test_tcp_across_pools_through_the_relay(running):
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.5)
+        wait_listening(server.netns, 5201)
         res = ns_exec(
             client.netns, "iperf3", "-c", str(server.ip), "-p", "5201", "-t", "2", "-J", timeout=30
         )
@@ -163,31 +193,21 @@ def test_tcp_across_pools_through_the_relay(running):
 def test_traffic_between_two_members_of_a_pool_never_meets_the_gateway(running):
     gw = running.gateways()["edge-a"]["status"]["activeNode"]
     a, b = [n.name for n in running.lab.nodes if n.pool == "edge-a" and n.name != gw][:2]
-    pod_a, pod_b = running.pod_of(a), running.pod_of(b)
-    capture = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            running.node(gw).netns,
-            "timeout",
-            "4",
-            "tcpdump",
-            "-i",
-            "any",
-            "-n",
-            "-l",
-            f"host {pod_a.ip} and host {pod_b.ip}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    pod_a, pod_b, pod_gw = running.pod_of(a), running.pod_of(b), running.pod_of(gw)
+    # The gateway's own pod is the control: pings to it must show up in the same capture.
+    capture = Capture(
+        running.node(gw).netns,
+        "-i",
+        "any",
+        f"host {pod_a.ip} and (host {pod_b.ip} or host {pod_gw.ip})",
     )
-    time.sleep(1.0)  # tcpdump is listening
-    assert matrix.ping(pod_a, pod_b, count=5)
-    out, err = capture.communicate(timeout=10)
-    assert "listening on" in err, err  # the capture really ran
-    assert out.strip() == "", f"packets between {a} and {b} crossed the gateway {gw}:\n{out}"
+    with capture:
+        assert matrix.ping(pod_a, pod_b, count=5)
+        assert matrix.ping(pod_a, pod_gw, count=2)
+        # Once the later pings are seen, any packet of the earlier ones would be there too.
+        out = capture.wait_seen(f"{pod_a.ip} > {pod_gw.ip}: ICMP echo request", count=2)
+    crossed = [line for line in out.splitlines() if str(pod_b.ip) in line]
+    assert crossed == [], f"packets between {a} and {b} crossed the gateway {gw}"
 
 
 def test_a_malformed_gateway_spec_is_refused_by_name_and_changes_nothing(running):
@@ -208,22 +228,27 @@ def test_a_malformed_gateway_spec_is_refused_by_name_and_changes_nothing(running
             conds = running.gateways()["edge-b"]["status"].get("conditions", [])
             return any(c["type"] == "SpecValid" and c["status"] == "False" for c in conds)
 
-        wait_for(refused, 15, "the SpecValid=False condition on edge-b")
+        wait_for(refused, 30, "the SpecValid=False condition on edge-b")
         cond = next(
             c
             for c in running.gateways()["edge-b"]["status"]["conditions"]
             if c["type"] == "SpecValid"
         )
         assert "spec.endpoint" in cond["message"] and "notaport" in cond["message"]
-        events = running.kubectl("get", "events", "-o", "json")
-        assert any(
-            e["reason"] == "InvalidSpec"
-            and "spec.endpoint" in e["message"]
-            and e["involvedObject"]["name"] == "edge-b"
-            for e in json.loads(events.stdout)["items"]
-        )
-        results = matrix.matrix(running.lab, timeout=2)
-        assert [r for r in results if not r.ok] == []
+
+        def event() -> bool:
+            events = running.kubectl("get", "events", "-o", "json")
+            assert events.returncode == 0, events.stderr
+            return any(
+                e["reason"] == "InvalidSpec"
+                and "spec.endpoint" in e["message"]
+                and e["involvedObject"]["name"] == "edge-b"
+                for e in json.loads(events.stdout)["items"]
+            )
+
+        wait_for(event, 30, "an InvalidSpec Event naming edge-b's spec.endpoint")
+        # The refused spec stays in place: the pool keeps its last good state meanwhile.
+        wait_reachable(running.lab, ping_timeout=2, deadline=30)
     finally:
         running.kubectl(
             "patch",
@@ -249,11 +274,16 @@ def test_a_restarted_agent_keeps_its_public_key(running):
     before = annotation()
     assert before, "the agent publishes its key at start"
     files_before = {p.name: p.read_bytes() for p in key_file.iterdir() if "key" in p.name}
+    since = log_size(running.env, node)
     res = running.env.raven("agents", "restart", node)
     assert res.returncode == 0, res.stderr
-    time.sleep(2)
+    # It publishes its key before it plans, so once it applied a plan the annotation is its.
+    wait_applied(running.env, node, since=since)
     assert annotation() == before
     assert {p.name: p.read_bytes() for p in key_file.iterdir() if "key" in p.name} == files_before
+
+
+ROUTE_BACK_DEADLINE = 1.5
 
 
 def test_a_raven_route_deleted_by_someone_else_is_back_within_a_second(running):
@@ -266,13 +296,15 @@ def test_a_raven_route_deleted_by_someone_else_is_back_within_a_second(running):
     neighbour = next(n for n in running.lab.nodes if n.pool == "edge-a" and n != member)
     with SteadyPing(running.pod_of(member.name), running.pod_of(neighbour.name)) as steady:
         assert ns_exec(member.netns, "ip", "route", "del", dst, "table", "9027").returncode == 0
-        start = time.monotonic()
-        wait_for(
+        # The netlink watch wakes the agent at once; the periodic resync (10 s) is no help
+        # within this deadline.
+        took = wait_for(
             lambda: dst in ns_exec(member.netns, "ip", "route", "show", "table", "9027").stdout,
-            3,
+            ROUTE_BACK_DEADLINE,
             f"route {dst} back in table 9027 on {member.name}",
+            interval=0.05,
         )
-        assert time.monotonic() - start < 1.5
+        print(f"route {dst} back on {member.name} {took:.2f}s after it was deleted")
     steady.assert_lossless()  # the pool's own traffic never noticed
     assert main_table(member.netns) == running.main_before[member.name]
 
@@ -285,24 +317,19 @@ def test_a_killed_wireguard_go_is_restarted_and_traffic_returns(running):
     ).stdout.split()
     assert len(found) == 1, found
     b_pods = [p for p in running.lab.pods if p.pool == "edge-b"]
-    steady = SteadyPing(b_pods[0], b_pods[1]).start()
-    subprocess.run(["kill", "-9", found[0]], check=True)
+    with SteadyPing(b_pods[0], b_pods[1]) as steady:
+        subprocess.run(["kill", "-9", found[0]], check=True)
 
-    def restarted() -> bool:
-        pids = subprocess.run(
-            ["pgrep", "-f", f"^wireguard-go {wg_if}$"], capture_output=True, text=True
-        ).stdout.split()
-        return bool(pids) and pids != found
+        def restarted() -> object:
+            pids = subprocess.run(
+                ["pgrep", "-f", f"^wireguard-go {wg_if}$"], capture_output=True, text=True
+            ).stdout.split()
+            return pids and pids != found and pids
 
-    wait_for(restarted, 10, f"a new wireguard-go for {wg_if}")
-    cross = matrix.pairs(running.lab, cross_pool=True)
-    into_b = [(a, b) for a, b in cross if b.pool == "edge-b" or a.pool == "edge-b"]
-
-    def connected() -> bool:
-        return all(r.ok for r in matrix.matrix(running.lab, which=into_b, timeout=1))
-
-    wait_for(connected, 20, "traffic to and from edge-b after wireguard-go was killed")
-    steady.stop()
+        wait_for(restarted, 20, f"a new wireguard-go for {wg_if}")
+        cross = matrix.pairs(running.lab, cross_pool=True)
+        into_b = [(a, b) for a, b in cross if b.pool == "edge-b" or a.pool == "edge-b"]
+        wait_reachable(running.lab, into_b, deadline=30)
     steady.assert_lossless()
 
 
@@ -324,29 +351,30 @@ def test_an_api_outage_and_agent_restarts_during_it_leave_the_data_path_alone(ru
     assert env.raven("apiserver", "stop").returncode == 0
     try:
         assert running.kubectl("get", "gw").returncode != 0  # the outage is real
-        time.sleep(6)  # longer than the lease: nobody can renew
-        assert [r for r in matrix.matrix(running.lab, timeout=2) if not r.ok] == []
+        time.sleep(6)  # the outage lasts longer than the lease (2 s): nobody can renew
+        wait_reachable(running.lab, ping_timeout=2, deadline=30)
+        since = {node: log_size(env, node) for node in (gw, member)}
         restarted = env.raven("agents", "restart", gw, member)
         assert restarted.returncode == 0, restarted.stderr
-        time.sleep(4)  # the new agents are up and cannot reach the API
-        assert [r for r in matrix.matrix(running.lab, timeout=2) if not r.ok] == []
+        for node in (gw, member):  # each came back, from its proxy's cache, and applied
+            wait_applied(env, node, since=since[node])
+        wait_reachable(running.lab, ping_timeout=2, deadline=30)
         assert raven_tables(running) == before
         for node in running.lab.nodes:
             assert main_table(node.netns) == running.main_before[node.name]
         steady.stop()
         steady.assert_lossless()
     finally:
-        if steady.proc.poll() is None:
-            steady.stop()
+        steady.stop(check=False)
         started = env.raven("apiserver", "start")
         assert started.returncode == 0, started.stderr
     # Back online, the agents follow the cluster again: the pool has a gateway, all peers up.
     wait_for(
         lambda: all(g["status"].get("activeNode") for g in running.gateways().values()),
-        20,
+        30,
         "an active gateway in every pool after the outage",
     )
-    assert matrix.wait_full_matrix(running.lab, timeout=30) is not None
+    wait_reachable(running.lab, deadline=30)
 
 
 def test_zz_cleanup_removes_everything_raven_added_and_nothing_else(running):

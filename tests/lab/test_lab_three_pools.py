@@ -5,27 +5,38 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from raven.lab import apiserver_proc
 
-from .labkit import LabEnv, make_env, up_args
+from .labkit import LabEnv, make_env, up_args, wait_for
 
 pytestmark = pytest.mark.root
 
 
+class Up(NamedTuple):
+    env: LabEnv
+    out: str  # what `up` printed
+    status: dict  # `status -o json` right after
+    took: float  # seconds `up` ran, as this test saw it
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabEnv, str, dict]]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     env = make_env(tmp_path_factory, "3p")
-    res = env.raven(*up_args())
     try:
+        start = time.monotonic()
+        res = env.raven(*up_args(), timeout=180)
+        took = time.monotonic() - start
         assert res.returncode == 0, res.stderr + res.stdout
         status = env.raven("status", "-o", "json")
         assert status.returncode == 0, status.stderr
-        yield env, res.stdout, json.loads(status.stdout)
+        yield Up(env, res.stdout, json.loads(status.stdout), took)
     finally:
         down = env.raven("down")
         assert down.returncode == 0, down.stderr
@@ -45,18 +56,33 @@ def _pings(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
     return {pair: p.wait() == 0 for pair, p in procs.items()}
 
 
+def _wait_answered(pairs: list[tuple[str, str]], *, deadline: float = 30) -> None:
+    """Wait until every pair (netns, address) has answered a ping; a pair that answered once is
+    not asked again. For what must work: a lost ping on a busy machine is no failure."""
+    todo = list(pairs)
+
+    def answered() -> bool:
+        nonlocal todo
+        todo = [pair for pair, ok in _pings(todo).items() if not ok]
+        assert todo == [], f"no answer: {todo}"
+        return True
+
+    wait_for(answered, deadline, f"{len(todo)} pings to be answered")
+
+
 def test_up_prints_kubeconfig_status_teardown_and_duration(lab):
-    env, out, _ = lab
+    env, out, took = lab.env, lab.out, lab.took
     assert "raven lab status" in out and "raven lab down" in out
     assert "up took" in out
     seconds = float(out.split("up took ")[1].split("s")[0])
-    assert seconds < 15
+    # How long `up` takes is a figure for the benchmarks; here it must be the command's own.
+    assert 0 < seconds <= took
     if apiserver_proc.apiserver_available():
         assert f"kubeconfig: {env.state_dir / 'kubeconfig'}" in out
 
 
 def test_status_json_lists_nodes_and_pods_with_pool_netns_and_addresses(lab):
-    env, _, st = lab
+    env, st = lab.env, lab.status
     nodes = {n["name"]: n for n in st["nodes"]}
     pods = {p["name"]: p for p in st["pods"]}
     assert sorted(nodes) == sorted(
@@ -83,7 +109,7 @@ def test_status_json_lists_nodes_and_pods_with_pool_netns_and_addresses(lab):
 
 
 def test_status_table_is_human_readable(lab):
-    env, _, _ = lab
+    env = lab.env
     res = env.raven("status")
     assert res.returncode == 0
     lines = res.stdout.splitlines()
@@ -95,7 +121,7 @@ def test_status_table_is_human_readable(lab):
 
 
 def test_every_pod_reaches_every_pod_of_its_pool(lab):
-    _, _, st = lab
+    st = lab.status
     pairs = [
         (a["netns"], b["addresses"][0])
         for a in st["pods"]
@@ -103,12 +129,11 @@ def test_every_pod_reaches_every_pod_of_its_pool(lab):
         if a["pool"] == b["pool"] and a["name"] != b["name"]
     ]
     assert len(pairs) == 18
-    results = _pings(pairs)
-    assert [p for p, ok in results.items() if not ok] == []
+    _wait_answered(pairs)
 
 
 def test_no_pod_reaches_a_pod_of_another_pool(lab):
-    _, _, st = lab
+    st = lab.status
     pairs = [
         (a["netns"], b["addresses"][0])
         for a in st["pods"]
@@ -121,11 +146,10 @@ def test_no_pod_reaches_a_pod_of_another_pool(lab):
 
 
 def test_edge_nodes_reach_the_internet_through_their_nat_router(lab):
-    env, _, st = lab
+    env, st = lab.env, lab.status
     cloud = next(n for n in st["nodes"] if n["pool"] == "cloud")
     edge = [n for n in st["nodes"] if n["pool"] != "cloud"]
-    results = _pings([(n["netns"], cloud["addresses"][0]) for n in edge])
-    assert all(results.values()), results
+    _wait_answered([(n["netns"], cloud["addresses"][0]) for n in edge])
     # the replies came back through MASQUERADE: the routers' NAT chains counted the packets
     for pool in ("edge-a", "edge-b"):
         out = subprocess.run(
@@ -157,7 +181,7 @@ def test_edge_nodes_reach_the_internet_through_their_nat_router(lab):
 
 
 def test_host_has_one_narrow_route_into_the_lab(lab):
-    env, _, _ = lab
+    env = lab.env
     routes = subprocess.run(
         ["ip", "-4", "-o", "route", "show", "table", "all"],
         capture_output=True,
@@ -175,7 +199,7 @@ def test_host_has_one_narrow_route_into_the_lab(lab):
 
 
 def test_up_twice_refuses_and_changes_nothing(lab):
-    env, _, st = lab
+    env = lab.env
     before = (
         env.netns(),
         sorted(p.name for p in env.state_dir.iterdir()),
@@ -193,7 +217,7 @@ def test_up_twice_refuses_and_changes_nothing(lab):
 
 
 def test_kubectl_lists_nine_ready_nodes_with_pool_labels(lab):
-    env, _, st = lab
+    env, st = lab.env, lab.status
     if not apiserver_proc.apiserver_available():
         pytest.fail("the lab API server (raven.lab.apiserver.__main__) does not exist yet")
     kubeconfig = st["kubeconfig"]
@@ -225,7 +249,7 @@ def test_kubectl_lists_nine_ready_nodes_with_pool_labels(lab):
 
 
 def test_edge_node_reaches_the_api_server_through_nat(lab):
-    env, _, st = lab
+    env, st = lab.env, lab.status
     if not apiserver_proc.apiserver_available():
         pytest.fail("the lab API server (raven.lab.apiserver.__main__) does not exist yet")
     node_kcfg = Path(st["kubeconfig"]).with_name("nodes.kubeconfig")
@@ -253,7 +277,7 @@ def test_edge_node_reaches_the_api_server_through_nat(lab):
 
 
 def test_gateway_crd_is_installed_and_the_relay_pool_marked(lab):
-    _, _, st = lab
+    st = lab.status
     if not apiserver_proc.apiserver_available():
         pytest.fail("the lab API server (raven.lab.apiserver.__main__) does not exist yet")
     out = subprocess.run(

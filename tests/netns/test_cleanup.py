@@ -13,7 +13,7 @@ from raven.netlink.cleanup import cleanup
 from raven.netlink.mss import MssClamp
 from raven.netlink.routes import RouteReconciler
 from raven.netlink.rules import RuleReconciler
-from tests.netns.conftest import sh, unique
+from tests.netns.conftest import settle_links, sh, unique
 
 
 def snapshot(ns: str) -> dict[str, object]:
@@ -53,6 +53,7 @@ def node(netns: str) -> str:
     )
     sh("ip", "rule", "add", "priority", "9027", "from", "10.1.0.0/16", "lookup", "100", ns=netns)
     sh("iptables", "-t", "mangle", "-A", "FORWARD", "-p", "udp", "-j", "ACCEPT", ns=netns)
+    settle_links(netns)  # the kernel's own IPv6 set-up is done before the test looks
     return netns
 
 

@@ -7,7 +7,7 @@ import pytest
 from raven.model import RAVEN_RTPROTO, RouteSpec
 from raven.netlink.errors import ApplyError, BadSpec
 from raven.netlink.routes import RouteReconciler
-from tests.netns.conftest import sh
+from tests.netns.conftest import settle_links, sh
 
 T = 9027
 
@@ -45,6 +45,7 @@ def node(netns: str) -> str:
         str(RAVEN_RTPROTO),
         ns=netns,
     )
+    settle_links(netns)  # the kernel's own IPv6 set-up is done before the test looks
     return netns
 
 
