@@ -7,7 +7,9 @@ import asyncio
 import signal
 from pathlib import Path
 
+from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
+from raven.cacheproxy.memory import fix_mmap_threshold
 from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
 
 
@@ -35,6 +37,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--probe-interval", type=float, default=1.0)
     p.add_argument("--healthy-after", type=int, default=3, help="consecutive successes")
+    defaults = CacheConfig()
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=defaults.flush_interval,
+        help="seconds of cache changes per disk commit; a crash loses at most about this much "
+        f"(default {defaults.flush_interval:g})",
+    )
+    p.add_argument(
+        "--entry-ttl",
+        type=float,
+        default=defaults.entry_ttl,
+        help="drop an entry nothing asked for during this many seconds with the cloud "
+        f"reachable (default {defaults.entry_ttl:g})",
+    )
+    p.add_argument(
+        "--max-entries",
+        type=int,
+        default=defaults.max_entries,
+        help=f"entries at most, least recently used dropped first (default {defaults.max_entries})",
+    )
     a = p.parse_args(argv)
     try:
         config = ProxyConfig(
@@ -46,9 +69,13 @@ def main(argv: list[str] | None = None) -> None:
             HealthConfig(interval=a.probe_interval, success_threshold=a.healthy_after),
             a.tls_cert,
             a.tls_key,
+            CacheConfig(
+                flush_interval=a.flush_interval, entry_ttl=a.entry_ttl, max_entries=a.max_entries
+            ),
         )
     except ValueError as e:
         p.error(str(e))
+    fix_mmap_threshold()
     asyncio.run(_run(config))
 
 
