@@ -14,7 +14,7 @@ Rules:
 - A list answer replaces the list whole (a new generation), unless it is at the version the
   entry already is at: a list at a resourceVersion is one snapshot, so it is the same list.
 - Watch events change one item each (:mod:`.fold` decides which).
-- Bounded: an entry nothing asked for (no read, no watch event, no held watch) during
+- Bounded: an entry nothing asked for (no read, no open or held watch) during
   ``entry_ttl`` seconds of time *with the cloud reachable* is dropped (an outage never empties
   the cache); at most ``max_entries`` entries, the least recently used dropped first; while more
   than ``max_backlog`` bytes of changes wait for the disk, a new answer is not stored (its entry
@@ -93,6 +93,7 @@ class Cache:
         self.recovered = self.store.recovered
         self._generations = itertools.count(1)
         self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._watched: dict[str, int] = {}  # open watches per list entry
         now = self.clock()
         for s in self.store.load():  # a restart gives every entry a full TTL again
             self._entries[s.key] = Entry(
@@ -302,14 +303,27 @@ class Cache:
         if self._entries.pop(key, None) is not None:
             self.store.submit(store.drop(key), key=key)
 
+    def watched(self, key: str, delta: int) -> None:
+        """A watch continuing the list at ``key`` opened (+1) or ended (-1): while one is open,
+        the list is in use however quiet it is."""
+        count = self._watched.get(key, 0) + delta
+        if count > 0:
+            self._watched[key] = count
+        else:
+            self._watched.pop(key, None)
+        self.touch(key)
+
     def sweep(self) -> int:
         """Drop entries nothing asked for during the TTL; how many went."""
         deadline = self.clock() - self.config.entry_ttl
         dropped = 0
-        while self._entries:
+        for _ in range(len(self._entries)):
             key, entry = next(iter(self._entries.items()))
             if entry.last_used >= deadline:
                 break
+            if key in self._watched:
+                self.touch(key)  # a watch holds it: in use
+                continue
             self.drop(key)
             dropped += 1
         self.evicted += dropped

@@ -312,9 +312,12 @@ class CacheProxy:
             headers = {"Content-Type": entry.content_type, "X-Raven-Cache": "hit"}
             return await send(request, entry.status, headers, body)
         if action is Action.HOLD_WATCH:
-            if shape.watch is not None:
-                self.cache.touch(shape.watch)
-            return await self.hold_watch(request)
+            assert shape.watch is not None
+            self.cache.watched(shape.watch, +1)
+            try:
+                return await self.hold_watch(request)
+            finally:
+                self.cache.watched(shape.watch, -1)
         if action is Action.REFUSE_WRITE:
             return self.not_applied(request)
         return self.unavailable(request)
@@ -489,6 +492,8 @@ class CacheProxy:
             if shape.watch is not None and "json" in up.headers.get("Content-Type", ""):
                 folder = _Folder(self.cache, shape.watch, request.query.get("resourceVersion", ""))
             pump = asyncio.create_task(self._pump(up, resp, folder))
+            if shape.watch is not None:
+                self.cache.watched(shape.watch, +1)
             try:
                 while not pump.done() and self.health.healthy and not self.stopping:
                     changed = asyncio.ensure_future(self.health.changed.wait())
@@ -496,6 +501,8 @@ class CacheProxy:
                     changed.cancel()
             finally:
                 await cancel_and_wait(pump)
+                if shape.watch is not None:
+                    self.cache.watched(shape.watch, -1)
             error = None if pump.cancelled() else pump.exception()
             if isinstance(error, _ClientGone):
                 return resp

@@ -162,7 +162,11 @@ class Store:
         """Start writing. ``on_lost(keys)`` is called (from the writer thread) when a batch
         could not be committed: those entries are no longer what the index says."""
         self._on_lost = on_lost
-        self._thread = threading.Thread(target=self._run, name="raven-cacheproxy-store")
+        # A daemon: a proxy that dies without close() must not hang in its exit waiting for
+        # the writer; what the writer had not committed is lost as in any crash.
+        self._thread = threading.Thread(
+            target=self._run, name="raven-cacheproxy-store", daemon=True
+        )
         self._thread.start()
 
     def _run(self) -> None:
@@ -172,7 +176,10 @@ class Store:
             item = self._queue.get()
             if item is _STOP:
                 break
-            batch: list[_Change] = []
+            # Of the batch only what its end needs is kept: a change (a list's items, a read's
+            # answer) is let go as soon as it is applied.
+            keys: set[str] = set()
+            size = 0
             barriers: list[_Barrier] = []
             failed = False
             deadline = time.monotonic() + self.flush_interval
@@ -182,11 +189,13 @@ class Store:
                     barriers.append(item)
                     urgent = True
                 else:
-                    batch.append(item)
+                    if item.key is not None:
+                        keys.add(item.key)
+                    size += item.size
                     urgent = item.urgent
                     if not failed:
                         failed = not self._apply(db, item)
-                item = None  # hold no applied change (a list's answer) while waiting
+                item = None
                 if urgent:
                     break
                 wait = deadline - time.monotonic()
@@ -199,14 +208,15 @@ class Store:
                 if item is _STOP:
                     stopping = True
                     break
-            self._finish(db, batch, failed)
-            for change in batch:
-                self.applied_bytes += change.size
+            self._finish(db, keys, size, failed)
+            self.applied_bytes += size
             for barrier in barriers:
                 barrier.done()
+            del barriers
         db.close()
 
-    def _apply(self, db: sqlite3.Connection, change: _Change) -> bool:
+    @staticmethod
+    def _apply(db: sqlite3.Connection, change: _Change) -> bool:
         try:
             change.op(db)
             return True
@@ -214,21 +224,22 @@ class Store:
             log.exception("cache write failed; its batch will not be committed")
             return False
 
-    def _finish(self, db: sqlite3.Connection, batch: list[_Change], failed: bool) -> None:
+    def _finish(self, db: sqlite3.Connection, keys: set[str], size: int, failed: bool) -> None:
         """Commit the batch; if any change in it failed (a full disk), commit none of it and
-        remove the entries it touched, so that what is on disk is never half a change."""
+        remove the entries it touched (``keys``), so that what is on disk is never half a
+        change."""
         if not failed:
             try:
                 db.execute("COMMIT")
                 self.commits += 1
-                if sum(c.size for c in batch) > SHRINK_AFTER:
+                if size > SHRINK_AFTER:
                     db.execute("PRAGMA shrink_memory")  # give back the pages a big batch took
                 return
             except sqlite3.Error:
                 log.exception("cache commit failed")
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
-        lost = {c.key for c in batch if c.key is not None}
+        lost = keys
         if not lost:
             return
         try:

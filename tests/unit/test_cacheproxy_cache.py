@@ -163,6 +163,23 @@ async def test_entries_nothing_asked_for_expire_and_their_number_is_bounded(
         c.close()
 
 
+async def test_a_list_with_an_open_watch_does_not_expire(tmp_path: Path) -> None:
+    now = [0.0]
+    c = Cache(tmp_path, CacheConfig(entry_ttl=100), clock=lambda: now[0])
+    try:
+        c.remember_list(K, 200, JSON, nodelist(9, [node("n1", 9)]), "h1")
+        c.watched(K, +1)  # a quiet watch: no event for longer than the TTL
+        now[0] = 500.0
+        assert c.sweep() == 0 and c.get(K) is not None
+        c.watched(K, -1)  # the watch ended: its list counts as used then
+        now[0] = 599.0
+        assert c.sweep() == 0
+        now[0] = 601.0
+        assert c.sweep() == 1 and c.get(K) is None
+    finally:
+        c.close()
+
+
 async def test_a_refused_credential_is_forgotten_everywhere(tmp_path: Path) -> None:
     c = Cache(tmp_path)
     try:
