@@ -10,10 +10,10 @@ Every change is queued to the writer thread and applied there in order; the even
 waits for the disk. The writer groups what arrives within ``flush_interval`` seconds of the first
 change into one transaction and commits it (WAL, ``synchronous=FULL``: one fsync per commit), so
 the disk sees at most one commit per interval however many events arrive. A crash, of the process
-or of the machine, loses at most the changes queued since the last commit: those received in the
-last ``flush_interval`` seconds, plus the time the commit in progress takes. What is left is
-always a state the cache was in at a commit: a list and its items are changed in one transaction,
-never apart. On open, SQLite rolls back whatever a crash left half-written; a database that does
+or of the machine, loses at most the changes not yet committed: those received in the last
+``flush_interval`` seconds, plus any the disk had not caught up with (``backlog``; normally none,
+bounded by the cache's ``max_backlog``). What is left is always a state the cache was in at a
+commit: a list and its items are changed in one transaction, never apart. On open, SQLite rolls back whatever a crash left half-written; a database that does
 not pass ``PRAGMA quick_check`` (a damaged disk) is removed and the cache starts empty.
 
 Reads that need the disk (serving offline) are queued the same way, so they see every change
