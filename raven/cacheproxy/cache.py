@@ -313,6 +313,10 @@ class Cache:
             self._watched.pop(key, None)
         self.touch(key)
 
+    @property
+    def open_watches(self) -> int:
+        return sum(self._watched.values())
+
     def sweep(self) -> int:
         """Drop entries nothing asked for during the TTL; how many went."""
         deadline = self.clock() - self.config.entry_ttl

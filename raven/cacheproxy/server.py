@@ -175,6 +175,11 @@ class CacheProxy:
             "Entries dropped for the TTL or the entry bound since start",
             registry=self.registry,
         )
+        self.m_watches = Gauge(
+            "raven_cacheproxy_watches",
+            "Watches open through the proxy (streamed or held)",
+            registry=self.registry,
+        )
         self.m_outages = Gauge(
             "raven_cacheproxy_cloud_outages",
             "Times the API server was marked unreachable since start",
@@ -379,6 +384,7 @@ class CacheProxy:
         self.m_evicted.set(self.cache.evicted)
         self.m_backlog.set(self.cache.store.backlog)
         self.m_outages.set(self.health.outages)
+        self.m_watches.set(self.cache.open_watches)
         self.m_written.set(self.cache.store.submitted_bytes)
         self.m_commits.set(self.cache.store.commits)
         return web.Response(

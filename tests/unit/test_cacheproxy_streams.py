@@ -102,15 +102,20 @@ def test_every_watch_spelling_streams_at_once_and_outlives_the_request_timeout(
 
 def test_a_client_leaving_mid_watch_does_not_mark_the_cloud_down(env) -> None:
     api, proxy = env
-    watch = connect(proxy)
-    watch.request("GET", "/api/v1/nodes?watch=1", headers={"Authorization": f"Bearer {api.token}"})
-    assert watch.getresponse().status == 200
-    assert watch.sock is not None
-    watch.sock.shutdown(socket.SHUT_RDWR)
-    watch.close()
-    for i in range(5):  # the proxy writes these to the client that left
+    bearer = {"Authorization": f"Bearer {api.token}"}
+    for query in ("watch=1", "watch=1&timeoutSeconds=1"):  # the API server ends the second
+        watch = connect(proxy)
+        watch.request("GET", f"/api/v1/nodes?{query}", headers=bearer)
+        assert watch.getresponse().status == 200
+        assert watch.sock is not None
+        watch.sock.shutdown(socket.SHUT_RDWR)
+        watch.close()
+    for i in range(5):  # the proxy writes these to the clients that left, and notices
         make_node(api, f"n{i}")
-        time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while proxy.metrics()["raven_cacheproxy_watches"] > 0:
+        assert time.monotonic() < deadline, "the proxy never noticed the client left"
+        time.sleep(0.05)
     assert get(proxy, "/readyz")[0] == 200
     assert proxy.proxy.health.outages == 0
 
