@@ -13,8 +13,9 @@ the disk sees at most one commit per interval however many events arrive. A cras
 or of the machine, loses at most the changes not yet committed: those received in the last
 ``flush_interval`` seconds, plus any the disk had not caught up with (``backlog``; normally none,
 bounded by the cache's ``max_backlog``). What is left is always a state the cache was in at a
-commit: a list and its items are changed in one transaction, never apart. On open, SQLite rolls back whatever a crash left half-written; a database that does
-not pass ``PRAGMA quick_check`` (a damaged disk) is removed and the cache starts empty.
+commit: a list and its items are changed in one transaction, never apart. On open, SQLite rolls
+back whatever a crash left half-written; a database that does not pass ``PRAGMA quick_check`` (a
+damaged disk) is removed and the cache starts empty.
 
 Reads that need the disk (serving offline) are queued the same way, so they see every change
 queued before them, committed or not.
