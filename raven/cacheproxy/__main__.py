@@ -9,7 +9,7 @@ from pathlib import Path
 
 from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
-from raven.cacheproxy.memory import fix_mmap_threshold
+from raven.cacheproxy.memory import fix_thresholds
 from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as e:
         p.error(str(e))
-    fix_mmap_threshold()
+    fix_thresholds()
     asyncio.run(_run(config))
 
 

@@ -23,13 +23,14 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
 import queue
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,16 @@ class Entry:
     digest: bytes | None  # a blob's SHA-256
     generation: int
     last_used: float
+
+
+async def _pieces(first: bytes, it: Generator[bytes, None, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        piece: bytes | None = first
+        while piece is not None:
+            yield piece
+            piece = await asyncio.to_thread(next, it, None)
+    finally:
+        await asyncio.to_thread(it.close)  # closes its connection, also when the client left
 
 
 def digest(body: bytes | bytearray) -> bytes:
@@ -144,11 +155,17 @@ class Cache:
             return None
         return ListState(version(entry.resource_version), entry.generation)
 
-    async def answer(self, key: str) -> bytes | bytearray | None:
-        """The entry's answer from disk (a list put together from its items)."""
+    async def answer(self, key: str) -> AsyncGenerator[bytes, None] | None:
+        """The entry's answer from disk, in pieces (a list put together from its items), with
+        every change queued before it; None when there is no such entry."""
         if key not in self._entries:
             return None
-        return await self.store.read(store.answer(key))
+        await self.store.flush()  # what is queued goes into the snapshot the answer is read from
+        it = await asyncio.to_thread(store.pieces, self.store.path, key)
+        first = await asyncio.to_thread(next, it, None)
+        if first is None:
+            return None
+        return _pieces(first, it)
 
     # -- storing answers ----------------------------------------------------------------------
 

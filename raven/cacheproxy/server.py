@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import ssl
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,9 @@ INLINE_PARSE = 256 * 1024
 MAX_EVENT_LINE = 16 * 1024 * 1024
 # Answers larger than this are written out, not kept in the response object (see send()).
 SEND_INLINE = 64 * 1024
+SEND_PIECE = 256 * 1024
+# Seconds a client may take to accept one piece of an answer before the proxy gives up on it.
+STALL_TIMEOUT = 60.0
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
 DROP_RESPONSE = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 OWN_PATHS = {"/healthz", "/readyz", "/metrics"}
@@ -109,21 +113,54 @@ def classify(error: BaseException) -> Failure:
 
 
 async def send(
-    request: web.Request, status: int, headers: dict[str, str], body: bytes | bytearray
+    request: web.Request, status: int, headers: dict[str, str], body: bytes
 ) -> web.StreamResponse:
-    """Answer with ``body``. A large one is written out rather than kept in the response:
-    aiohttp holds a connection's last response until its next request, and a 9 MB list should
-    not stay in memory for as long as a client keeps its connection idle."""
+    """Answer with ``body``. A large one is written out in pieces rather than kept in the
+    response: aiohttp holds a connection's last response until its next request (a 9 MB list
+    should not stay in memory while a client keeps its connection idle), and TLS and the socket
+    then buffer one piece at a time, not a copy of it all."""
     if len(body) <= SEND_INLINE or request.method == "HEAD":
         return web.Response(status=status, body=body, headers=headers)
+    view = memoryview(body)
+    return await send_pieces(
+        request,
+        status,
+        headers,
+        _slices(view, SEND_PIECE),
+        size=len(body),
+    )
+
+
+async def _slices(view: memoryview, size: int) -> AsyncGenerator[memoryview, None]:
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
+
+
+async def send_pieces(
+    request: web.Request,
+    status: int,
+    headers: dict[str, str],
+    pieces: AsyncGenerator[bytes, None] | AsyncGenerator[memoryview, None],
+    *,
+    size: int | None = None,
+) -> web.StreamResponse:
+    """Answer with ``pieces`` as they come (chunked when ``size`` is not known). A client that
+    takes more than ``STALL_TIMEOUT`` seconds for one piece is given up on."""
     resp = web.StreamResponse(status=status, headers=headers)
-    resp.content_length = len(body)
+    if size is not None:
+        resp.content_length = size
     try:
+        if request.method == "HEAD":
+            return web.Response(status=status, headers=headers)
         await resp.prepare(request)
-        await resp.write(body)
+        async for piece in pieces:
+            async with asyncio.timeout(STALL_TIMEOUT):
+                await resp.write(piece)
         await resp.write_eof()
-    except (ConnectionError, aiohttp.ClientConnectionResetError):
-        pass  # the client left
+    except (ConnectionError, aiohttp.ClientConnectionResetError, TimeoutError):
+        pass  # the client left or stalled
+    finally:
+        await pieces.aclose()
     return resp
 
 
@@ -308,14 +345,13 @@ class CacheProxy:
             key = shape.key
             assert key is not None
             entry = self.cache.get(key)
-            body = await self.cache.answer(key)
-            if entry is None or body is None:  # dropped meanwhile
+            pieces = await self.cache.answer(key)
+            if entry is None or pieces is None:  # dropped meanwhile
                 return self.unavailable(request)
             self.cache.touch(key)
             self.m_hits.inc()
-            self.m_saved.inc(len(body))
             headers = {"Content-Type": entry.content_type, "X-Raven-Cache": "hit"}
-            return await send(request, entry.status, headers, body)
+            return await send_pieces(request, entry.status, headers, self._count(pieces))
         if action is Action.HOLD_WATCH:
             assert shape.watch is not None
             self.cache.watched(shape.watch, +1)
@@ -326,6 +362,14 @@ class CacheProxy:
         if action is Action.REFUSE_WRITE:
             return self.not_applied(request)
         return self.unavailable(request)
+
+    async def _count(self, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        try:
+            async for piece in pieces:
+                self.m_saved.inc(len(piece))
+                yield piece
+        finally:
+            await pieces.aclose()
 
     async def failed(
         self, request: web.Request, shape: Shape, failure: Failure

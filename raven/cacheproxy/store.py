@@ -17,8 +17,9 @@ commit: a list and its items are changed in one transaction, never apart. On ope
 back whatever a crash left half-written; a database that does not pass ``PRAGMA quick_check`` (a
 damaged disk) is removed and the cache starts empty.
 
-Reads that need the disk (serving offline) are queued the same way, so they see every change
-queued before them, committed or not.
+Answers are read back (to serve them offline) by :func:`pieces`, from a read-only connection of
+their own in one read transaction: a consistent snapshot, streamed in pieces while the writer goes
+on; :meth:`Store.flush` before it puts every change queued so far into that snapshot.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from raven.cacheproxy import listdoc
 
@@ -47,10 +48,10 @@ SCHEMA_VERSION = 1
 _OLD_ENTRY = re.compile(r"^[0-9a-f]{64}(\.\d+\.tmp)?$")
 
 BUSY_TIMEOUT = 60.0
+PIECE = 256 * 1024  # bytes per piece of an answer read back
 # A batch that wrote more than this returns SQLite's page cache memory after its commit.
 SHRINK_AFTER = 1024 * 1024
 
-T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
 
@@ -270,26 +271,6 @@ class Store:
         """Bytes of queued changes not yet applied."""
         return self.submitted_bytes - self.applied_bytes
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the writer's connection after every change queued before it."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def settle(ok: bool, value: Any) -> None:
-            if not future.done():
-                future.set_result(value) if ok else future.set_exception(value)
-
-        def op(db: sqlite3.Connection) -> None:
-            try:
-                result = fn(db)
-            except Exception as e:
-                loop.call_soon_threadsafe(settle, False, e)
-            else:
-                loop.call_soon_threadsafe(settle, True, result)
-
-        self.submit(op)
-        return await future
-
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         loop = asyncio.get_running_loop()
@@ -409,16 +390,32 @@ def drop(key: str) -> Op:
     return op
 
 
-def answer(key: str) -> Callable[[sqlite3.Connection], bytes | bytearray | None]:
-    """The entry's answer as served: a list put together from its items at its version."""
+def pieces(path: Path, key: str) -> Generator[bytes, None, None]:
+    """The entry's answer as served, in pieces of about ``PIECE`` bytes, from a snapshot of the
+    database: a connection of its own in one read transaction, so the writer goes on meanwhile
+    and the answer is one consistent state. A list is put together from its items at its
+    version. Yields nothing when the entry is not there. Pieces, not one buffer: the memory of
+    a piece is reused for the next, where a buffer of a whole 9 MB list would take fresh pages
+    (a page fault each) for every list served, and would make the process that much larger.
 
-    def read(db: sqlite3.Connection) -> bytes | bytearray | None:
-        row = db.execute("SELECT kind, rv, body FROM entries WHERE key = ?", (key,)).fetchone()
+    Each ``next()`` may run on another thread, never two at once.
+    """
+    db = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+    )
+    try:
+        db.execute("BEGIN")
+        row = db.execute(
+            "SELECT rowid, kind, rv, body FROM entries WHERE key = ?", (key,)
+        ).fetchone()
         if row is None:
-            return None
-        kind, rv, body = row
+            return
+        rowid, kind, rv, body = row
         if kind != "list":
-            return bytes(body)
+            with db.blobopen("entries", "body", rowid, readonly=True) as blob:
+                while chunk := blob.read(PIECE):
+                    yield chunk
+            return
         shell = json.loads(body)
         meta = shell.get("metadata")
         if isinstance(meta, dict):
@@ -426,7 +423,18 @@ def answer(key: str) -> Callable[[sqlite3.Connection], bytes | bytearray | None]
             meta.pop("remainingItemCount", None)
             if rv is not None:
                 meta["resourceVersion"] = rv
-        items = db.execute("SELECT body FROM items WHERE key = ? ORDER BY ns, name", (key,))
-        return listdoc.join(shell, "items", (b for (b,) in items))
-
-    return read
+        head = json.dumps(shell, separators=(",", ":")).encode()[:-1]
+        piece = bytearray(head + (b"," if shell else b"") + b'"items":[')
+        first = True
+        for (item,) in db.execute("SELECT body FROM items WHERE key = ? ORDER BY ns, name", (key,)):
+            if not first:
+                piece += b","
+            piece += item
+            first = False
+            if len(piece) >= PIECE:
+                yield bytes(piece)
+                piece.clear()
+        piece += b"]}"
+        yield bytes(piece)
+    finally:
+        db.close()

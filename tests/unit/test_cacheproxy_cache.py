@@ -53,9 +53,9 @@ def apply(cache: Cache, key: str, start: str, events: list[fold.Event]) -> None:
 
 
 async def served(cache: Cache, key: str) -> dict:
-    body = await cache.answer(key)
-    assert body is not None
-    return json.loads(body)
+    pieces = await cache.answer(key)
+    assert pieces is not None
+    return json.loads(b"".join([p async for p in pieces]))
 
 
 async def test_object_not_replaced_by_older_version(tmp_path: Path) -> None:
@@ -134,11 +134,33 @@ async def test_changes_are_queued_and_committed_in_batches(tmp_path: Path) -> No
         # Nothing is on disk yet: the caller never waited for it, and 50 events are one batch.
         db = sqlite3.connect(tmp_path / DB_NAME)
         assert db.execute("SELECT rv FROM entries").fetchone() == ("5",)
-        # Reads queued behind the changes see them before they are committed.
-        assert (await served(c, K))["metadata"]["resourceVersion"] == "55"
         await c.flush()
         assert db.execute("SELECT rv FROM entries").fetchone() == ("55",)
         assert c.store.commits == commits + 1
+        apply(c, K, "55", [event("MODIFIED", node("n1", 56))])
+        # An answer read back holds every change queued before it.
+        assert (await served(c, K))["metadata"]["resourceVersion"] == "56"
+    finally:
+        c.close()
+
+
+async def test_an_answer_is_one_state_while_changes_go_on(tmp_path: Path) -> None:
+    c = Cache(tmp_path, CacheConfig(flush_interval=0))
+    try:
+        big = [{**node(f"n{i:04}", 5), "pad": "x" * 500} for i in range(2000)]  # many pieces
+        c.remember_list(K, 200, JSON, nodelist(5, big), "h1")
+        pieces = await c.answer(K)
+        assert pieces is not None
+        got = [await anext(pieces)]
+        # Meanwhile every object changes and is committed.
+        apply(c, K, "5", [event("MODIFIED", node(f"n{i:04}", 6 + i, "new")) for i in range(2000)])
+        await c.flush()
+        got += [p async for p in pieces]
+        assert len(got) > 2
+        doc = json.loads(b"".join(got))
+        assert doc["metadata"]["resourceVersion"] == "5"
+        assert {i["metadata"]["labels"]["l"] for i in doc["items"]} == {"a"}  # all before
+        assert (await served(c, K))["metadata"]["resourceVersion"] == str(5 + 2000)
     finally:
         c.close()
 
