@@ -42,7 +42,7 @@ from raven.cacheproxy.listdoc import ListDoc
 @dataclass(frozen=True)
 class CacheConfig:
     # Seconds the writer gathers changes before one commit (one fsync). A crash loses at most
-    # the changes of this last interval (plus the commit in progress); shorter costs more fsyncs.
+    # the changes of this last interval (plus any backlog); shorter costs more fsyncs.
     flush_interval: float = 1.0
     # Seconds of reachable-cloud time after which an entry nothing asked for is dropped.
     entry_ttl: float = 24 * 3600.0

@@ -49,3 +49,33 @@ def test_cli_refuses_non_loopback_listen(tmp_path) -> None:
         timeout=30,
     )
     assert out.returncode == 2 and "loopback only" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        (("--flush-interval", "-1"), "flush interval must be 0..60 s, got -1.0"),
+        (("--entry-ttl", "0"), "entry TTL must be positive, got 0.0"),
+        (("--max-entries", "0"), "max entries must be at least 1, got 0"),
+    ],
+)
+def test_cli_refuses_bad_cache_settings_by_name(tmp_path, option, message) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raven.cacheproxy",
+            "--upstream",
+            "https://127.0.0.1:1",
+            "--ca-cert",
+            str(tmp_path / "ca"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            *option,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (tmp_path / "c").exists()  # nothing else changed
