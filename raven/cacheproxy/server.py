@@ -103,9 +103,15 @@ def status_body(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(body, status=code)
 
 
+# aiohttp >= 3.10 tells a connect timeout apart; with an older one it counts as a timeout.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,) + tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if t is not None
+)
+
+
 def classify(error: BaseException) -> Failure:
     """How a forwarded request failed (see decide.Failure)."""
-    if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+    if isinstance(error, _CONNECT_ERRORS):
         return Failure.CONNECT
     if isinstance(error, TimeoutError):
         return Failure.TIMEOUT
