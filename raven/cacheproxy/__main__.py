@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 from pathlib import Path
 
+from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
+from raven.cacheproxy.memory import fix_thresholds
 from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
 
 
 async def _run(config: ProxyConfig) -> None:
     proxy = CacheProxy(config)
     await proxy.start()
+    # What was made to start (modules, the app) lives as long as the process: keep it out of
+    # the collector's full passes, which would otherwise walk it all and pause every client.
+    gc.collect()
+    gc.freeze()
     scheme = "https" if config.tls_cert else "http"
     print(f"raven-cache-proxy listening on {scheme}://{config.host}:{proxy.port}", flush=True)
     stop = asyncio.Event()
@@ -35,6 +42,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--probe-interval", type=float, default=1.0)
     p.add_argument("--healthy-after", type=int, default=3, help="consecutive successes")
+    defaults = CacheConfig()
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=defaults.flush_interval,
+        help="seconds of cache changes per disk commit; a crash loses at most about this much "
+        f"(default {defaults.flush_interval:g})",
+    )
+    p.add_argument(
+        "--entry-ttl",
+        type=float,
+        default=defaults.entry_ttl,
+        help="drop an entry nothing asked for during this many seconds with the cloud "
+        f"reachable (default {defaults.entry_ttl:g})",
+    )
+    p.add_argument(
+        "--max-entries",
+        type=int,
+        default=defaults.max_entries,
+        help=f"entries at most, least recently used dropped first (default {defaults.max_entries})",
+    )
     a = p.parse_args(argv)
     try:
         config = ProxyConfig(
@@ -46,9 +74,13 @@ def main(argv: list[str] | None = None) -> None:
             HealthConfig(interval=a.probe_interval, success_threshold=a.healthy_after),
             a.tls_cert,
             a.tls_key,
+            CacheConfig(
+                flush_interval=a.flush_interval, entry_ttl=a.entry_ttl, max_entries=a.max_entries
+            ),
         )
     except ValueError as e:
         p.error(str(e))
+    fix_thresholds()
     asyncio.run(_run(config))
 
 

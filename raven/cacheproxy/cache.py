@@ -1,185 +1,360 @@
-"""On-disk cache of what clients read, one file per (component, distinct request).
+"""The cache of what clients read: an index in memory, the answers on disk (:mod:`.store`).
 
-Key = SHA-256 of (User-Agent, path, Accept, namespace/label/field selectors...), so names never
-become paths (no traversal) and two lists with different selectors are two entries. Each file is
-one JSON header line (status, content type, resourceVersion, accepted credential hashes) followed
-by the raw body. Writes are atomic: temp file, fsync, rename, fsync of the directory; ``open``
-removes leftover temp files and entries that do not parse, so a crash mid-write leaves either the
-old entry or the new one. A single object is only replaced by a newer resourceVersion; lists are
-replaced whole. Only hashes of credentials are stored.
+One entry per (component, distinct request) — see :mod:`.keys` for what makes two requests
+distinct. The index holds, per entry, what the proxy decides with (status, content type,
+resourceVersion, the credential hashes the API server accepted for it, a digest of a blob, the
+generation of a list) and never an answer, so its memory does not grow with the lists' sizes.
+Every change is made in the index at once and queued to the store, in order.
+
+Rules:
+
+- A single object (any answer that is not a list) is only replaced by a newer resourceVersion;
+  an older answer still proves that its credential may read the entry. An unchanged answer
+  writes nothing (or only the new credential).
+- A list answer replaces the list whole (a new generation), unless it is at the version the
+  entry already is at: a list at a resourceVersion is one snapshot, so it is the same list.
+- Watch events change one item each (:mod:`.fold` decides which).
+- Bounded: an entry nothing asked for (no read, no open or held watch) during
+  ``entry_ttl`` seconds of time *with the cloud reachable* is dropped (an outage never empties
+  the cache); at most ``max_entries`` entries, the least recently used dropped first; while more
+  than ``max_backlog`` bytes of changes wait for the disk, a new answer is not stored (its entry
+  is dropped so that the cache never serves a half-applied state).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import json
-import os
-from dataclasses import dataclass, field
+import queue
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl
 
-# Query parameters that change what a read returns; the rest (timeouts, watch) do not.
-KEY_PARAMS = ("labelSelector", "fieldSelector", "limit", "continue", "as")
-# A watch folds its events into the list it continues, so its key ignores paging.
-WATCH_KEY_PARAMS = ("labelSelector", "fieldSelector", "as")
-TMP_SUFFIX = ".tmp"
+from raven.cacheproxy import store
+from raven.cacheproxy.fold import Event, ListState, Op, version
+from raven.cacheproxy.listdoc import ListDoc
 
 
-def credential_hash(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    return hashlib.sha256(authorization.encode()).hexdigest()
+@dataclass(frozen=True)
+class CacheConfig:
+    # Seconds the writer gathers changes before one commit (one fsync). A crash loses at most
+    # the changes of this last interval (plus any backlog); shorter costs more fsyncs.
+    flush_interval: float = 1.0
+    # Seconds of reachable-cloud time after which an entry nothing asked for is dropped.
+    entry_ttl: float = 24 * 3600.0
+    # Entries at most; the least recently used goes first.
+    max_entries: int = 4096
+    # Bytes of changes waiting for the disk beyond which new answers are not stored.
+    max_backlog: int = 256 * 1024 * 1024
 
-
-def cache_key(user_agent: str, path: str, query: str, accept: str, *, watch: bool = False) -> str:
-    wanted = WATCH_KEY_PARAMS if watch else KEY_PARAMS
-    params = sorted((k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k in wanted)
-    raw = json.dumps([user_agent, path, accept, params])
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
-def _rv(value: object) -> int | None:
-    try:
-        return int(str(value))
-    except (TypeError, ValueError):
-        return None
+    def __post_init__(self) -> None:
+        if not 0 <= self.flush_interval <= 60:
+            raise ValueError(f"flush interval must be 0..60 s, got {self.flush_interval}")
+        if self.entry_ttl <= 0:
+            raise ValueError(f"entry TTL must be positive, got {self.entry_ttl}")
+        if self.max_entries < 1:
+            raise ValueError(f"max entries must be at least 1, got {self.max_entries}")
+        if self.max_backlog < 1:
+            raise ValueError(f"max backlog must be at least 1 byte, got {self.max_backlog}")
 
 
 @dataclass
 class Entry:
+    kind: str  # "blob" or "list"
     status: int
     content_type: str
-    body: bytes
-    resource_version: str | None = None
-    credentials: set[str] = field(default_factory=set)
+    resource_version: str | None
+    credentials: set[str]
+    digest: bytes | None  # a blob's SHA-256
+    generation: int
+    last_used: float
+
+
+async def _pieces(first: bytes, it: Generator[bytes, None, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        piece: bytes | None = first
+        while piece is not None:
+            yield piece
+            piece = await asyncio.to_thread(next, it, None)
+    finally:
+        await asyncio.to_thread(it.close)  # closes its connection, also when the client left
+
+
+def digest(body: bytes | bytearray) -> bytes:
+    return hashlib.sha256(body).digest()
 
 
 class Cache:
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.recovered: list[str] = []  # what recovery removed, for logs and tests
-        self._recover()
-
-    def _recover(self) -> None:
-        for p in self.root.iterdir():
-            if p.name.endswith(TMP_SUFFIX):
-                p.unlink(missing_ok=True)
-                self.recovered.append(p.name)
-            elif self._read(p) is None:
-                p.unlink(missing_ok=True)
-                self.recovered.append(p.name)
-
-    def _path(self, key: str) -> Path:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise ValueError(f"cache key must be a hex SHA-256, got {key!r}")
-        return self.root / key
-
-    @staticmethod
-    def _read(path: Path) -> Entry | None:
-        try:
-            data = path.read_bytes()
-            head, sep, body = data.partition(b"\n")
-            if not sep:
-                return None
-            meta = json.loads(head)
-            if len(body) != meta["length"]:
-                return None  # torn write (cannot happen with rename, but never trust the disk)
-            return Entry(
-                meta["status"], meta["content_type"], body, meta.get("rv"), set(meta["creds"])
+    def __init__(
+        self,
+        root: Path,
+        config: CacheConfig | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``clock``: seconds of reachable-cloud time (what the TTL counts); default: a
+        monotonic clock that always runs."""
+        self.config = config or CacheConfig()
+        self.clock = clock or time.monotonic
+        self.store = store.Store(Path(root), flush_interval=self.config.flush_interval)
+        self.recovered = self.store.recovered
+        self._generations = itertools.count(1)
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._watched: dict[str, int] = {}  # open watches per list entry
+        now = self.clock()
+        for s in self.store.load():  # a restart gives every entry a full TTL again
+            self._entries[s.key] = Entry(
+                s.kind,
+                s.status,
+                s.content_type,
+                s.resource_version,
+                set(s.credentials),
+                s.digest,
+                next(self._generations),
+                now,
             )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        self.evicted = 0  # entries dropped for the TTL or the count bound
+        self.skipped = 0  # answers not stored because the disk was behind
+        self.lost = 0  # entries dropped because their changes could not be committed
+        self._lost: queue.SimpleQueue[set[str]] = queue.SimpleQueue()
+        self.store.start(on_lost=self._lost.put)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    # -- reading the index --------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Forget entries whose changes the store could not commit (it removed them)."""
+        while not self._lost.empty():
+            for key in self._lost.get():
+                if self._entries.pop(key, None) is not None:
+                    self.lost += 1
 
     def get(self, key: str) -> Entry | None:
-        return self._read(self._path(key))
+        if not self._lost.empty():
+            self._reconcile()
+        return self._entries.get(key)
 
-    def _write(self, key: str, entry: Entry) -> None:
-        meta = {
-            "status": entry.status,
-            "content_type": entry.content_type,
-            "rv": entry.resource_version,
-            "creds": sorted(entry.credentials),
-            "length": len(entry.body),
-        }
-        final = self._path(key)
-        tmp = final.with_name(final.name + f".{os.getpid()}{TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(meta).encode() + b"\n")
-            view = memoryview(entry.body)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        dfd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def touch(self, key: str) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.last_used = self.clock()
+            self._entries.move_to_end(key)
 
-    def put(self, key: str, status: int, content_type: str, body: bytes, cred: str | None) -> bool:
-        """Store a successful read. Returns False when an older object was not stored."""
-        rv: str | None = None
-        is_list = False
-        if "json" in content_type:
-            try:
-                doc = json.loads(body)
-                rv = doc.get("metadata", {}).get("resourceVersion")
-                is_list = str(doc.get("kind", "")).endswith("List") or "items" in doc
-            except (ValueError, AttributeError):
-                pass
-        old = self.get(key)
-        if old and old.body == body and (cred is None or cred in old.credentials):
-            return True  # unchanged: skip the fsync, the dominant cost of a repeated read
-        creds = set(old.credentials) if old else set()
-        if cred:
-            creds.add(cred)
-        if old and not is_list and _rv(rv) is not None and _rv(old.resource_version) is not None:
-            if _rv(rv) < _rv(old.resource_version):  # type: ignore[operator]
-                if cred and cred not in old.credentials:
-                    old.credentials = creds
-                    self._write(key, old)
-                return False
-        self._write(key, Entry(status, content_type, body, rv, creds))
+    def list_state(self, key: str) -> ListState | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.kind != "list":
+            return None
+        return ListState(version(entry.resource_version), entry.generation)
+
+    async def answer(self, key: str) -> AsyncGenerator[bytes, None] | None:
+        """The entry's answer from disk, in pieces (a list put together from its items), with
+        every change queued before it; None when there is no such entry."""
+        if key not in self._entries:
+            return None
+        await self.store.flush()  # what is queued goes into the snapshot the answer is read from
+        it = await asyncio.to_thread(store.pieces, self.store.path, key)
+        first = await asyncio.to_thread(next, it, None)
+        if first is None:
+            return None
+        return _pieces(first, it)
+
+    # -- storing answers ----------------------------------------------------------------------
+
+    def _credit(self, key: str, entry: Entry, credential: str) -> None:
+        if credential not in entry.credentials:
+            entry.credentials.add(credential)
+            self.store.submit(store.set_credentials(key, frozenset(entry.credentials)), key=key)
+
+    def _room(self, key: str, size: int) -> bool:
+        if self.store.backlog + size <= self.config.max_backlog:
+            return True
+        self.skipped += 1
+        self.drop(key)
+        return False
+
+    def _set(self, key: str, entry: Entry) -> None:
+        if key not in self._entries:
+            while len(self._entries) >= self.config.max_entries:
+                oldest = next(iter(self._entries))
+                self.drop(oldest)
+                self.evicted += 1
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+
+    def remember_blob(
+        self,
+        key: str,
+        status: int,
+        content_type: str,
+        body: bytes | bytearray,
+        resource_version: str | None,
+        credential: str,
+        body_digest: bytes | None = None,
+    ) -> bool:
+        """Store an answer that is not a list; False when an older one was not stored."""
+        body_digest = body_digest or digest(body)
+        old = self._entries.get(key)
+        if old is not None and old.kind == "blob":
+            new_v, old_v = version(resource_version), version(old.resource_version)
+            older = new_v is not None and old_v is not None and new_v < old_v
+            if old.digest == body_digest or older:
+                self._credit(key, old, credential)
+                self.touch(key)
+                return not older
+        if not self._room(key, len(body)):
+            return False
+        creds = (old.credentials if old is not None else set()) | {credential}
+        entry = Entry(
+            "blob",
+            status,
+            content_type,
+            resource_version,
+            creds,
+            body_digest,
+            next(self._generations),
+            self.clock(),
+        )
+        self._set(key, entry)
+        self.store.submit(
+            store.put_blob(
+                key,
+                "blob",
+                status,
+                content_type,
+                resource_version,
+                frozenset(creds),
+                body_digest,
+                body,
+            ),
+            key=key,
+            size=len(body),
+        )
         return True
 
-    def apply_event(self, key: str, event: dict) -> bool:
-        """Fold one watch event into the cached list at ``key``; older versions are ignored."""
-        entry = self.get(key)
-        if entry is None or "json" not in entry.content_type:
+    def remember_list(
+        self, key: str, status: int, content_type: str, doc: ListDoc, credential: str
+    ) -> bool:
+        """Store a whole list answer (items taken apart)."""
+        rv = doc.resource_version
+        old = self._entries.get(key)
+        if old is not None and old.kind == "list" and rv is not None and old.resource_version == rv:
+            self._credit(key, old, credential)  # the same snapshot: nothing to write
+            self.touch(key)
+            return True
+        size = sum(len(i.body) for i in doc.items)
+        if not self._room(key, size):
             return False
-        obj = event.get("object") or {}
-        meta = obj.get("metadata") or {}
-        new_rv = _rv(meta.get("resourceVersion"))
-        try:
-            doc = json.loads(entry.body)
-        except ValueError:
-            return False
-        if "items" not in doc:
-            return False
-        if event.get("type") == "BOOKMARK":
-            items = doc["items"]
+        creds = (old.credentials if old is not None else set()) | {credential}
+        entry = Entry(
+            "list", status, content_type, rv, creds, None, next(self._generations), self.clock()
+        )
+        self._set(key, entry)
+        self.store.submit(
+            store.put_list(key, status, content_type, rv, frozenset(creds), doc),
+            key=key,
+            size=size,
+        )
+        return True
+
+    def fold(self, key: str, op: Op, event: Event) -> None:
+        """Apply one watch event to the list at ``key`` as :func:`fold.step` decided."""
+        entry = self._entries.get(key)
+        if entry is None or entry.kind != "list" or event.rv is None:
+            return
+        rv = str(event.rv)
+        if op is Op.UPSERT:
+            body = json.dumps(event.obj, separators=(",", ":")).encode()
+            if not self._room(key, len(body)):
+                return
+            self.store.submit(
+                store.upsert_item(key, event.namespace, event.name, body, rv),
+                key=key,
+                size=len(body),
+            )
+        elif op is Op.DELETE:
+            self.store.submit(store.delete_item(key, event.namespace, event.name, rv), key=key)
+        elif op is Op.ADVANCE:
+            self.store.submit(store.set_version(key, rv), key=key)
         else:
-            ident = (meta.get("namespace"), meta.get("name"))
-            items = []
-            for item in doc["items"]:
-                im = item.get("metadata") or {}
-                if (im.get("namespace"), im.get("name")) == ident:
-                    old_rv = _rv(im.get("resourceVersion"))
-                    if old_rv is not None and new_rv is not None and new_rv < old_rv:
-                        return False  # never replace a newer object with an older one
-                    continue
-                items.append(item)
-            if event.get("type") in ("ADDED", "MODIFIED"):
-                items.append(obj)
-        doc["items"] = items
-        list_rv = _rv(doc.get("metadata", {}).get("resourceVersion"))
-        if new_rv is not None and (list_rv is None or new_rv > list_rv):
-            doc.setdefault("metadata", {})["resourceVersion"] = str(new_rv)
-        entry.body = json.dumps(doc).encode()
-        entry.resource_version = doc.get("metadata", {}).get("resourceVersion")
-        self._write(key, entry)
-        return True
+            return
+        entry.resource_version = rv
+        self.touch(key)
+
+    # -- credentials --------------------------------------------------------------------------
+
+    def revoke(self, credential: str) -> int:
+        """The API server refused ``credential`` (401): no entry is served to it any more.
+        Committed at once, not with the next batch."""
+        changed = 0
+        for key, entry in self._entries.items():
+            if credential in entry.credentials:
+                entry.credentials.discard(credential)
+                creds = frozenset(entry.credentials)
+                self.store.submit(store.set_credentials(key, creds), key=key)
+                changed += 1
+        if changed:
+            self.store.submit(lambda db: None, urgent=True)
+        return changed
+
+    def forbid(self, key: str, credential: str) -> None:
+        """The API server refused ``credential`` this data (403)."""
+        entry = self._entries.get(key)
+        if entry is not None and credential in entry.credentials:
+            entry.credentials.discard(credential)
+            self.store.submit(
+                store.set_credentials(key, frozenset(entry.credentials)), key=key, urgent=True
+            )
+
+    # -- bounds -------------------------------------------------------------------------------
+
+    def drop(self, key: str) -> None:
+        if self._entries.pop(key, None) is not None:
+            self.store.submit(store.drop(key), key=key)
+
+    def watched(self, key: str, delta: int) -> None:
+        """A watch continuing the list at ``key`` opened (+1) or ended (-1): while one is open,
+        the list is in use however quiet it is."""
+        count = self._watched.get(key, 0) + delta
+        if count > 0:
+            self._watched[key] = count
+        else:
+            self._watched.pop(key, None)
+        self.touch(key)
+
+    @property
+    def open_watches(self) -> int:
+        return sum(self._watched.values())
+
+    def sweep(self) -> int:
+        """Drop entries nothing asked for during the TTL; how many went."""
+        deadline = self.clock() - self.config.entry_ttl
+        dropped = 0
+        for _ in range(len(self._entries)):
+            key, entry = next(iter(self._entries.items()))
+            if entry.last_used >= deadline:
+                break
+            if key in self._watched:
+                self.touch(key)  # a watch holds it: in use
+                continue
+            self.drop(key)
+            dropped += 1
+        self.evicted += dropped
+        return dropped
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        await self.store.flush()
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer (blocking)."""
+        self.store.close()

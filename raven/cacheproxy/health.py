@@ -5,12 +5,20 @@ Every ``interval`` seconds (default 1 s) the probe opens an HTTPS request to ``/
 server is up; the proxy holds no credential of its own). One failure (``fail_threshold`` = 1)
 marks the cloud unhealthy at once; only ``success_threshold`` (default 3) consecutive successes
 mark it healthy again, so a flapping link does not make clients re-list repeatedly.
+
+The probe is what sets the cloud's state. The server adds a failure only when a forwarded
+request could not even open a connection (see ``decide.marks_cloud_down``); a slow or broken
+request is that request's problem, not every client's.
+
+``online_time()`` counts the seconds the cloud has been healthy since start: the clock by which
+cache entries age, so an outage never empties the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -38,9 +46,18 @@ class CloudHealth:
         self._successes = 0
         self.changed = asyncio.Event()  # set and replaced on every transition
         self._task: asyncio.Task[None] | None = None
+        self.outages = 0  # times the cloud was marked unreachable since start
+        self._online = 0.0  # healthy seconds before the current healthy spell
+        self._since = time.monotonic()  # start of the current healthy spell
+
+    def online_time(self) -> float:
+        """Seconds the cloud has been healthy since the proxy started."""
+        if self.healthy:
+            return self._online + time.monotonic() - self._since
+        return self._online
 
     def record(self, ok: bool) -> None:
-        """Feed one probe outcome (also used by the server when a forward fails to connect)."""
+        """Feed one probe outcome (also used by the server when a forward cannot connect)."""
         if ok:
             self._fails = 0
             self._successes += 1
@@ -53,6 +70,12 @@ class CloudHealth:
                 self._set(False)
 
     def _set(self, healthy: bool) -> None:
+        now = time.monotonic()
+        if healthy:
+            self._since = now
+        else:
+            self._online += now - self._since
+            self.outages += 1
         self.healthy = healthy
         old, self.changed = self.changed, asyncio.Event()
         old.set()

@@ -1,15 +1,18 @@
 """The proxy's HTTP front: loopback only, forwards to the API server over HTTPS with the client's
-own Authorization header, caches successful reads, streams watches through while folding their
-events into the cache, and answers from the cache while the cloud is unhealthy (see decide.py).
-Own endpoints: /healthz (process up), /readyz (200 only while the cloud is healthy), /metrics.
+own Authorization header, caches successful reads, streams watches and other long-running
+requests through at once (folding watch events into the cache), and answers from the cache while
+the cloud is unhealthy. It reads a request's shape (request.py, keys.py), asks the pure core
+(decide.py, fold.py) what to do, and does it. Own endpoints: /healthz (process up), /readyz (200
+only while the cloud is healthy), /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import ssl
+import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +22,42 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from yarl import URL
 
 from raven.aio import cancel_and_wait
-from raven.cacheproxy.cache import Cache, cache_key, credential_hash
-from raven.cacheproxy.decide import Action, Request, State, decide
+from raven.cacheproxy import fold
+from raven.cacheproxy.cache import Cache, CacheConfig, digest
+from raven.cacheproxy.decide import (
+    READ_METHODS,
+    Action,
+    Failure,
+    Outcome,
+    Request,
+    State,
+    Verdict,
+    after_failure,
+    credential_verdict,
+    decide,
+    marks_cloud_down,
+)
 from raven.cacheproxy.health import CloudHealth, HealthConfig
+from raven.cacheproxy.keys import ReadKey, identity_headers, read_key, watch_key
+from raven.cacheproxy.listdoc import Blob, ListDoc, join, split
+from raven.cacheproxy.pages import Pages
+from raven.cacheproxy.request import RequestInfo, credential, request_info
 
 DEFAULT_PORT = 10261
 # Opening a connection to the API server (TCP and TLS) takes this long at most: on a link that
 # silently drops packets a connect would otherwise hang for aiohttp's default 30 s.
 CONNECT_TIMEOUT = 5.0
+# A request that is not long-running gets this long in all, as kube-apiserver's own limit.
+REQUEST_TIMEOUT = 300.0
+# Answers larger than this are taken apart in a worker thread, not on the event loop.
+INLINE_PARSE = 256 * 1024
+# A watch line longer than this is passed on but not folded (etcd objects are at most ~1.5 MB).
+MAX_EVENT_LINE = 16 * 1024 * 1024
+# Answers larger than this are written out, not kept in the response object (see send()).
+SEND_INLINE = 64 * 1024
+SEND_PIECE = 256 * 1024
+# Seconds a client may take to accept one piece of an answer before the proxy gives up on it.
+STALL_TIMEOUT = 60.0
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
 DROP_RESPONSE = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 OWN_PATHS = {"/healthz", "/readyz", "/metrics"}
@@ -44,6 +75,9 @@ class ProxyConfig:
     # token over TLS, and the proxy forwards the client's own credentials.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    # Seconds a request that is not long-running may take in all (kube-apiserver's own limit).
+    request_timeout: float = REQUEST_TIMEOUT
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -52,6 +86,8 @@ class ProxyConfig:
             raise ValueError(f"the cache proxy listens on loopback only, not {self.host!r}")
         if not self.upstream.startswith("https://"):
             raise ValueError(f"the upstream API server must be https://, got {self.upstream!r}")
+        if self.request_timeout <= 0:
+            raise ValueError(f"request timeout must be positive, got {self.request_timeout}")
 
 
 def status_body(code: int, reason: str, message: str) -> web.Response:
@@ -67,12 +103,98 @@ def status_body(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(body, status=code)
 
 
+# aiohttp >= 3.10 tells a connect timeout apart; with an older one it counts as a timeout.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,) + tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if t is not None
+)
+
+
+def classify(error: BaseException) -> Failure:
+    """How a forwarded request failed (see decide.Failure)."""
+    if isinstance(error, _CONNECT_ERRORS):
+        return Failure.CONNECT
+    if isinstance(error, TimeoutError):
+        return Failure.TIMEOUT
+    return Failure.BROKEN
+
+
+async def send(
+    request: web.Request, status: int, headers: dict[str, str], body: bytes
+) -> web.StreamResponse:
+    """Answer with ``body``. A large one is written out in pieces rather than kept in the
+    response: aiohttp holds a connection's last response until its next request (a 9 MB list
+    should not stay in memory while a client keeps its connection idle), and TLS and the socket
+    then buffer one piece at a time, not a copy of it all."""
+    if len(body) <= SEND_INLINE or request.method == "HEAD":
+        return web.Response(status=status, body=body, headers=headers)
+    view = memoryview(body)
+    return await send_pieces(
+        request,
+        status,
+        headers,
+        _slices(view, SEND_PIECE),
+        size=len(body),
+    )
+
+
+async def _slices(view: memoryview, size: int) -> AsyncGenerator[memoryview, None]:
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
+
+
+async def send_pieces(
+    request: web.Request,
+    status: int,
+    headers: dict[str, str],
+    pieces: AsyncGenerator[bytes, None] | AsyncGenerator[memoryview, None],
+    *,
+    size: int | None = None,
+) -> web.StreamResponse:
+    """Answer with ``pieces`` as they come (chunked when ``size`` is not known). A client that
+    takes more than ``STALL_TIMEOUT`` seconds for one piece is given up on."""
+    resp = web.StreamResponse(status=status, headers=headers)
+    if size is not None:
+        resp.content_length = size
+    try:
+        if request.method == "HEAD":
+            return web.Response(status=status, headers=headers)
+        await resp.prepare(request)
+        async for piece in pieces:
+            async with asyncio.timeout(STALL_TIMEOUT):
+                await resp.write(piece)
+        await resp.write_eof()
+    except (ConnectionError, aiohttp.ClientConnectionResetError, TimeoutError):
+        pass  # the client left or stalled
+    finally:
+        await pieces.aclose()
+    return resp
+
+
+class _ClientGone(Exception):
+    """Writing to the client failed: it went away."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A request as the proxy reads it, and the cache entry that answers it (if any)."""
+
+    info: RequestInfo
+    credential: str | None
+    read: ReadKey | None  # a cacheable read (get or list)
+    watch: str | None  # a watch: the key of the list it continues
+
+    @property
+    def key(self) -> str | None:
+        return self.read.key if self.read is not None else self.watch
+
+
 class CacheProxy:
     def __init__(self, config: ProxyConfig):
         self.config = config
-        self.cache = Cache(config.cache_dir)
         self.ssl_ctx = ssl.create_default_context(cafile=str(config.ca_cert))
         self.health = CloudHealth(config.upstream, self.ssl_ctx, config.health)
+        self.cache = Cache(config.cache_dir, config.cache, clock=self.health.online_time)
+        self.pages = Pages()
         self.registry = CollectorRegistry()
         self.m_requests = Counter(
             "raven_cacheproxy_requests", "Requests by action", ["action"], registry=self.registry
@@ -88,15 +210,51 @@ class CacheProxy:
             "1 while the API server is healthy",
             registry=self.registry,
         )
+        self.m_entries = Gauge(
+            "raven_cacheproxy_cache_entries", "Entries in the cache", registry=self.registry
+        )
+        self.m_evicted = Gauge(
+            "raven_cacheproxy_cache_evicted",
+            "Entries dropped for the TTL or the entry bound since start",
+            registry=self.registry,
+        )
+        self.m_watches = Gauge(
+            "raven_cacheproxy_watches",
+            "Watches open through the proxy (streamed or held)",
+            registry=self.registry,
+        )
+        self.m_outages = Gauge(
+            "raven_cacheproxy_cloud_outages",
+            "Times the API server was marked unreachable since start",
+            registry=self.registry,
+        )
+        self.m_written = Gauge(
+            "raven_cacheproxy_store_written_bytes",
+            "Bytes of cache changes queued for the disk since start",
+            registry=self.registry,
+        )
+        self.m_commits = Gauge(
+            "raven_cacheproxy_store_commits",
+            "Disk commits (fsyncs) of the cache since start",
+            registry=self.registry,
+        )
+        self.m_backlog = Gauge(
+            "raven_cacheproxy_store_backlog_bytes",
+            "Bytes of cache changes waiting for the disk",
+            registry=self.registry,
+        )
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
         self.port = config.port
         self.stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
             auto_decompress=True,
-            timeout=aiohttp.ClientTimeout(total=300, sock_connect=CONNECT_TIMEOUT),
+            timeout=aiohttp.ClientTimeout(
+                total=self.config.request_timeout, sock_connect=CONNECT_TIMEOUT
+            ),
         )
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -110,81 +268,158 @@ class CacheProxy:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.health.start(self.session)
+        self._sweeper = asyncio.create_task(self._sweep(), name="raven-cacheproxy-sweep")
 
     async def stop(self) -> None:
         # Release held watches first, or shutdown would wait on them for the whole outage.
         self.stopping = True
         self.health.changed.set()
+        await cancel_and_wait(self._sweeper)
         await self.health.stop()
         if self.runner:
             await self.runner.cleanup()
         if self.session:
             await self.session.close()
+        await asyncio.to_thread(self.cache.close)
+
+    async def _sweep(self) -> None:
+        interval = min(60.0, self.config.cache.entry_ttl / 10)
+        while True:
+            await asyncio.sleep(interval)
+            self.cache.sweep()
+
+    # -- the request's shape and the decision -------------------------------------------------
+
+    def shape(self, request: web.Request) -> Shape:
+        query: dict[str, list[str]] = {}
+        pairs = list(request.query.items())
+        for k, v in pairs:
+            query.setdefault(k, []).append(v)
+        info = request_info(request.method, request.path, query)
+        cred = credential(request.headers.get("Authorization"))
+        read = watch = None
+        if request.method in READ_METHODS and info.watch:
+            watch = watch_key(
+                info,
+                user_agent=request.headers.get("User-Agent", ""),
+                raw_path=request.rel_url.raw_path,
+                query=pairs,
+                accept=request.headers.get("Accept", ""),
+                identity=identity_headers(list(request.headers.items())),
+            )
+        elif request.method in READ_METHODS and not info.long_running:
+            read = read_key(
+                info,
+                user_agent=request.headers.get("User-Agent", ""),
+                raw_path=request.rel_url.raw_path,
+                query=pairs,
+                accept=request.headers.get("Accept", ""),
+                identity=identity_headers(list(request.headers.items())),
+            )
+        return Shape(info, cred, read, watch)
+
+    def state(self, shape: Shape, healthy: bool) -> State:
+        key = shape.key
+        entry = self.cache.get(key) if key is not None else None
+        if entry is None or (shape.watch is not None and entry.kind != "list"):
+            return State(healthy, False, frozenset())
+        cached = shape.read is None or shape.read.continue_token is None
+        fresh = True
+        if shape.read is not None and shape.read.min_rv is not None:
+            have = fold.version(entry.resource_version)
+            fresh = have is not None and have >= shape.read.min_rv
+        return State(healthy, cached, frozenset(entry.credentials), fresh)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path in OWN_PATHS:
             return self.own(request)
-        watch = request.query.get("watch") in ("true", "1")
-        ua = request.headers.get("User-Agent", "")
-        accept = request.headers.get("Accept", "")
-        key = cache_key(ua, request.rel_url.raw_path, request.query_string, accept, watch=watch)
-        cred = credential_hash(request.headers.get("Authorization"))
-        entry = self.cache.get(key)
-        action = decide(
-            Request(request.method, watch, cred),
-            State(
-                self.health.healthy,
-                entry is not None,
-                frozenset(entry.credentials) if entry else frozenset(),
-            ),
-        )
+        shape = self.shape(request)
+        return await self.act(request, shape, self.health.healthy)
+
+    async def act(self, request: web.Request, shape: Shape, healthy: bool) -> web.StreamResponse:
+        req = Request(request.method, shape.info.watch, shape.credential, shape.info.long_running)
+        action = decide(req, self.state(shape, healthy))
         self.m_requests.labels(action.value).inc()
-        if action is Action.FORWARD:
+        if action in (Action.FORWARD, Action.FORWARD_WATCH, Action.FORWARD_STREAM):
             try:
-                return await self.forward(request, key, cred)
-            except (aiohttp.ClientConnectionError, TimeoutError):
-                self.health.record(False)
-                if request.method in ("GET", "HEAD"):
-                    return await self.handle(request)  # answer as offline
-                return self.refuse_write(request)
-        if action is Action.FORWARD_WATCH:
-            try:
-                return await self.forward_watch(request, key)
-            except (aiohttp.ClientConnectionError, TimeoutError):
-                self.health.record(False)
-                return await self.hold_watch(request)
+                if action is Action.FORWARD:
+                    return await self.forward(request, shape)
+                return await self.stream(request, shape)
+            except (aiohttp.ClientError, TimeoutError) as e:  # from the upstream side only
+                return await self.failed(request, shape, classify(e))
         if action is Action.SERVE_CACHE:
-            assert entry is not None
+            key = shape.key
+            assert key is not None
+            entry = self.cache.get(key)
+            pieces = await self.cache.answer(key)
+            if entry is None or pieces is None:  # dropped meanwhile
+                return self.unavailable(request)
+            self.cache.touch(key)
             self.m_hits.inc()
-            self.m_saved.inc(len(entry.body))
-            return web.Response(
-                status=entry.status,
-                body=entry.body,
-                headers={"Content-Type": entry.content_type, "X-Raven-Cache": "hit"},
-            )
+            headers = {"Content-Type": entry.content_type, "X-Raven-Cache": "hit"}
+            return await send_pieces(request, entry.status, headers, self._count(pieces))
         if action is Action.HOLD_WATCH:
-            return await self.hold_watch(request)
+            assert shape.watch is not None
+            self.cache.watched(shape.watch, +1)
+            try:
+                return await self.hold_watch(request)
+            finally:
+                self.cache.watched(shape.watch, -1)
         if action is Action.REFUSE_WRITE:
-            return self.refuse_write(request)
-        if action is Action.REFUSE_AUTH:
+            return self.not_applied(request)
+        return self.unavailable(request)
+
+    async def _count(self, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        try:
+            async for piece in pieces:
+                self.m_saved.inc(len(piece))
+                yield piece
+        finally:
+            await pieces.aclose()
+
+    async def failed(
+        self, request: web.Request, shape: Shape, failure: Failure
+    ) -> web.StreamResponse:
+        if marks_cloud_down(failure):
+            self.health.record(False)
+        outcome = after_failure(request.method, failure)
+        if outcome is Outcome.ANSWER_OFFLINE:
+            return await self.act(request, shape, healthy=False)
+        if outcome is Outcome.NOT_APPLIED:
+            return self.not_applied(request)
+        if outcome is Outcome.OUTCOME_UNKNOWN:
             return status_body(
-                401,
-                "Unauthorized",
-                "the API server is unreachable and this credential was not "
-                "accepted by it for this data; refusing to serve the cache",
+                504,
+                "Timeout",
+                f"the API server did not complete {request.method} {request.path} "
+                f"({failure.value}): it may or may not have been applied. Read the object "
+                "to find out before retrying.",
+            )
+        if outcome is Outcome.GATEWAY_TIMEOUT:
+            return status_body(
+                504, "Timeout", f"the API server did not answer {request.path} in time"
             )
         return status_body(
-            503,
+            502,
             "ServiceUnavailable",
-            f"the API server is unreachable and {request.path} is not cached",
+            f"the connection to the API server broke while it answered {request.path}",
         )
 
-    def refuse_write(self, request: web.Request) -> web.Response:
+    def not_applied(self, request: web.Request) -> web.Response:
         return status_body(
             503,
             "ServiceUnavailable",
             f"the API server is unreachable (cloud outage); {request.method} "
             f"{request.path} was NOT applied. Retry when the cloud is back.",
+        )
+
+    def unavailable(self, request: web.Request) -> web.Response:
+        # One answer for every read the cache cannot serve to this credential, so that it
+        # tells nothing about what is cached.
+        return status_body(
+            503,
+            "ServiceUnavailable",
+            f"the API server is unreachable and {request.path} is not cached for this credential",
         )
 
     def own(self, request: web.Request) -> web.Response:
@@ -195,10 +430,19 @@ class CacheProxy:
             if self.health.healthy:
                 return web.Response(text="ok")
             return web.Response(status=503, text="cloud unreachable: serving from cache")
+        self.m_entries.set(len(self.cache))
+        self.m_evicted.set(self.cache.evicted)
+        self.m_backlog.set(self.cache.store.backlog)
+        self.m_outages.set(self.health.outages)
+        self.m_watches.set(self.cache.open_watches)
+        self.m_written.set(self.cache.store.submitted_bytes)
+        self.m_commits.set(self.cache.store.commits)
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": "text/plain; version=0.0.4"},
         )
+
+    # -- forwarding ---------------------------------------------------------------------------
 
     def _upstream(self, request: web.Request) -> tuple[URL, dict[str, str]]:
         # The raw, still-encoded path: decoding %2F would let a name climb to another resource.
@@ -206,7 +450,17 @@ class CacheProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         return url, headers
 
-    async def forward(self, request: web.Request, key: str, cred: str | None) -> web.Response:
+    def _learn_credential(self, request: web.Request, shape: Shape, status: int) -> Verdict:
+        verdict = credential_verdict(request.method, status)
+        if shape.credential is None:
+            return verdict
+        if verdict is Verdict.REFUSED:
+            self.cache.revoke(shape.credential)
+        elif verdict is Verdict.FORBIDDEN and shape.key is not None:
+            self.cache.forbid(shape.key, shape.credential)
+        return verdict
+
+    async def forward(self, request: web.Request, shape: Shape) -> web.StreamResponse:
         assert self.session is not None
         url, headers = self._upstream(request)
         body = await request.read()
@@ -220,30 +474,82 @@ class CacheProxy:
         ) as up:
             data = await up.read()
             out = {k: v for k, v in up.headers.items() if k.lower() not in DROP_RESPONSE}
-        if request.method == "GET" and up.status == 200 and cred:
+            content_type = up.headers.get("Content-Type", "")
+        verdict = self._learn_credential(request, shape, up.status)
+        if verdict is Verdict.ACCEPTED and shape.credential and shape.read is not None:
             # Remember this credential as accepted for exactly this data.
-            self.cache.put(key, up.status, up.headers.get("Content-Type", ""), data, cred)
-        return web.Response(status=up.status, body=data, headers=out)
+            await self.remember(shape.read, shape.credential, up.status, content_type, data)
+        return await send(request, up.status, out, data)
 
-    async def forward_watch(self, request: web.Request, key: str) -> web.StreamResponse:
-        """Stream the API server's watch to the client, folding its events into the cache.
+    async def remember(
+        self, key: ReadKey, cred: str, status: int, content_type: str, data: bytes
+    ) -> None:
+        """Store a successful read. Lists are taken apart before the client gets its answer,
+        so a watch it starts from that answer finds the list in the cache."""
+        doc: ListDoc | Blob = Blob(None)
+        if "json" in content_type:
+            if len(data) > INLINE_PARSE:
+                doc = await asyncio.to_thread(split, data)
+            else:
+                doc = split(data)
+        if isinstance(doc, Blob):
+            if key.continue_token is None:
+                body_digest = None
+                if len(data) > INLINE_PARSE:
+                    body_digest = await asyncio.to_thread(digest, data)
+                self.cache.remember_blob(
+                    key.key, status, content_type, data, doc.resource_version, cred, body_digest
+                )
+            return
+        whole = self.pages.add(key.key, key.continue_token, doc, cred, time.monotonic())
+        if whole is None:
+            return
+        if not whole.table:
+            self.cache.remember_list(key.key, status, content_type, whole, cred)
+            return
+        body = data if whole is doc else join(whole.shell, "rows", (i.body for i in whole.items))
+        self.cache.remember_blob(key.key, status, content_type, body, whole.resource_version, cred)
 
-        Losing the cloud mid-watch ends the upstream side but not the client's: it is held,
-        silent, like an offline watch, and ended once the cloud is back, so the client watches
-        again at once. (A link that silently drops packets would otherwise leave it waiting on
-        a dead connection until its own read timeout, long after the cloud returned.)
+    async def stream(self, request: web.Request, shape: Shape) -> web.StreamResponse:
+        """Stream a long-running request through as it comes, without a total timeout. A watch's
+        events are folded into the list it continues.
+
+        Losing the cloud (by the probe) ends the upstream side. A watch's client is then held,
+        silent, like an offline watch, and ended once the cloud is back, so it watches again at
+        once (a link that silently drops packets would otherwise leave it waiting on a dead
+        connection until its own read timeout, long after the cloud returned). Any other stream
+        just ends. An upstream that breaks while the cloud is healthy ends the client's stream at
+        once; the cloud's state is the probe's business.
         """
         assert self.session is not None
         url, headers = self._upstream(request)
+        body = await request.read()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
-        async with self.session.get(url, headers=headers, ssl=self.ssl_ctx, timeout=timeout) as up:
+        async with self.session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body or None,
+            ssl=self.ssl_ctx,
+            timeout=timeout,
+            allow_redirects=False,
+        ) as up:
+            self._learn_credential(request, shape, up.status)
+            out = {k: v for k, v in up.headers.items() if k.lower() not in DROP_RESPONSE}
             if up.status != 200:
                 data = await up.read()
-                return web.Response(status=up.status, body=data, content_type=up.content_type)
-            resp = web.StreamResponse(status=200)
-            resp.content_type = up.content_type
-            await resp.prepare(request)
-            pump = asyncio.create_task(self._pump(up, resp, key))
+                return web.Response(status=up.status, body=data, headers=out)
+            resp = web.StreamResponse(status=200, headers=out)
+            try:
+                await resp.prepare(request)
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                return resp  # the client left before the first byte
+            folder = None
+            if shape.watch is not None and "json" in up.headers.get("Content-Type", ""):
+                folder = _Folder(self.cache, shape.watch, request.query.get("resourceVersion", ""))
+            pump = asyncio.create_task(self._pump(up, resp, folder))
+            if shape.watch is not None:
+                self.cache.watched(shape.watch, +1)
             try:
                 while not pump.done() and self.health.healthy and not self.stopping:
                     changed = asyncio.ensure_future(self.health.changed.wait())
@@ -251,53 +557,83 @@ class CacheProxy:
                     changed.cancel()
             finally:
                 await cancel_and_wait(pump)
-            if pump.cancelled() or pump.exception() is None:
-                if pump.cancelled():  # the cloud went away (or we stop): hold, then end
-                    await self._hold(resp)
-                else:
-                    await resp.write_eof()  # the API server ended the watch
+                if shape.watch is not None:
+                    self.cache.watched(shape.watch, -1)
+            error = None if pump.cancelled() else pump.exception()
+            if isinstance(error, _ClientGone):
                 return resp
-            error = pump.exception()
-            if isinstance(error, ConnectionError):
-                return resp  # the client went away
-            if isinstance(error, aiohttp.ClientError | TimeoutError):
-                if isinstance(error, aiohttp.ClientConnectionError | TimeoutError):
-                    self.health.record(False)  # the upstream broke mid-stream: cloud gone
-                await self._hold(resp)  # ends it at once while the cloud is healthy
-                return resp
-            assert error is not None  # done, neither cancelled nor clean: it raised
-            raise error
+            if error is not None and not isinstance(error, aiohttp.ClientError | TimeoutError):
+                raise error
+            if pump.cancelled() and shape.watch is not None:
+                await self._hold(resp)  # the cloud went away (or we stop): hold, then end
+            else:
+                await self._end(resp)  # the API server ended it, or its connection broke
+            return resp
 
-    async def _pump(self, up: aiohttp.ClientResponse, resp: web.StreamResponse, key: str) -> None:
-        buf = b""
+    async def _pump(
+        self, up: aiohttp.ClientResponse, resp: web.StreamResponse, folder: _Folder | None
+    ) -> None:
         async for chunk in up.content.iter_any():
-            await resp.write(chunk)
-            if "json" in up.content_type:
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    self._fold(key, line)
-
-    def _fold(self, key: str, line: bytes) -> None:
-        if not line.strip():
-            return
-        try:
-            self.cache.apply_event(key, json.loads(line))
-        except ValueError:
-            pass  # a malformed event is passed through untouched; the list stays as it was
+            try:
+                await resp.write(chunk)
+            except (ConnectionError, aiohttp.ClientConnectionResetError) as e:
+                raise _ClientGone from e
+            if folder is not None:
+                folder.feed(chunk)
 
     async def hold_watch(self, request: web.Request) -> web.StreamResponse:
         """Hold the watch open and silent until the cloud is healthy; ending it forces a re-list."""
         resp = web.StreamResponse(status=200)
         resp.content_type = "application/json"
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            return resp
         await self._hold(resp)
         return resp
 
     async def _hold(self, resp: web.StreamResponse) -> None:
         while not self.health.healthy and not self.stopping:
             await self.health.changed.wait()
+        await self._end(resp)
+
+    @staticmethod
+    async def _end(resp: web.StreamResponse) -> None:
         try:
             await resp.write_eof()
-        except ConnectionError:
-            pass  # the client left while we held its watch
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # the client left first
+
+
+class _Folder:
+    """Splits a watch stream into events and folds each into the list it continues."""
+
+    def __init__(self, cache: Cache, key: str, start: str) -> None:
+        self.cache = cache
+        self.key = key
+        self.follower = fold.begin(cache.list_state(key), start)
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if self.follower.generation is None:
+            return  # not folding (any more)
+        self.buf += chunk
+        if b"\n" not in chunk:
+            if len(self.buf) > MAX_EVENT_LINE:
+                self.follower, self.buf = fold.Follower(None, None), b""
+            return
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.line(line)
+
+    def line(self, line: bytes) -> None:
+        event = fold.parse_event(line)
+        if event is None:
+            self.follower = fold.Follower(None, None)
+            return
+        op, self.follower = fold.step(self.follower, self.cache.list_state(self.key), event)
+        if op in (fold.Op.UPSERT, fold.Op.DELETE, fold.Op.ADVANCE):
+            self.cache.fold(self.key, op, event)
+        elif op is fold.Op.SKIP:
+            self.cache.touch(self.key)

@@ -88,3 +88,26 @@ def test_every_dashboard_panel_has_a_query_and_a_unique_id() -> None:
     assert len(ids) == len(set(ids))
     assert all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in dash["panels"])
     assert dash["__inputs"][0]["name"] == "DS_PROMETHEUS"
+
+
+def test_the_agent_metrics_documented_are_the_ones_it_exports() -> None:
+    from prometheus_client import generate_latest
+
+    from agent.metrics import AgentMetrics
+
+    metrics = AgentMetrics()
+    # Labelled metrics show once they have a child; peers once there is a peer.
+    metrics.kernel_writes({"route": 1})
+    metrics.holders({"edge-a": "n1"}, me="n1", my_pool="edge-a")
+    metrics.elections.labels("edge-a").inc()
+    metrics.failovers.labels("edge-a")
+    entry = {"pool": "cloud", "node": "c1", "state": "Up", "rttMs": 1.0, "lossPercent": 0}
+    metrics.peers.update("edge-a", [entry | {"handshakeAt": 1.0, "rxBytes": 1}], now=2.0)
+    samples = [
+        line.split("{")[0].split()[0]
+        for line in generate_latest(metrics.registry).decode().splitlines()
+        if line and not line.startswith("#")
+    ]
+    exported = {base_name(m) for m in samples if not m.endswith("_created")}
+    documented_agent = {m for m in documented() if not m.startswith("raven_cacheproxy_")}
+    assert exported == documented_agent

@@ -106,9 +106,13 @@ def cache_proxy(
     output: Output = "text",
     objects: Annotated[int, typer.Option(help="Nodes to create and cache.")] = 5000,
     gets: Annotated[int, typer.Option(help="GETs timed, direct and through the proxy.")] = 300,
+    churn_rate: Annotated[float, typer.Option(help="Node writes a second in the churn.")] = 20.0,
+    churn_seconds: Annotated[float, typer.Option(help="Seconds of churn measured.")] = 20.0,
 ) -> None:
-    """Added GET latency, offline list and memory of raven-cache-proxy vs the API server."""
-    _run("cacheproxy", output, objects=objects, gets=gets)
+    """raven-cache-proxy vs the API server: GET latency quiet and under churn, watch event
+    delay, CPU, offline list and memory."""
+    _run("cacheproxy", output, objects=objects, gets=gets, churn_rate=churn_rate,
+         churn_seconds=churn_seconds)
 
 
 @app.command()

@@ -9,15 +9,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s_client
 
+from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.server import CacheProxy, ProxyConfig
+from raven.lab.apiserver.pki import Pki
 from raven.lab.testing.apiserver import ApiServerHandle
+
+T = TypeVar("T")
 
 # Fast thresholds so tests see transitions within a fraction of a second.
 FAST_HEALTH = HealthConfig(interval=0.1, timeout=0.5, fail_threshold=1, success_threshold=2)
@@ -26,13 +32,18 @@ FAST_HEALTH = HealthConfig(interval=0.1, timeout=0.5, fail_threshold=1, success_
 def proxy_argv(api: ApiServerHandle, cache_dir: Path, *extra: str) -> list[str]:
     """Arguments (after the program) for a ``raven-cache-proxy`` process in front of ``api``:
     any free port, TLS with the API server's own pair, a 0.1 s cloud probe."""
+    return proxy_argv_for(api.url, api.pki, cache_dir, *extra)
+
+
+def proxy_argv_for(url: str, pki: Pki, cache_dir: Path, *extra: str) -> list[str]:
+    """:func:`proxy_argv` for an API server at ``url`` whose certificates are ``pki``."""
     return [
-        "--upstream", api.url,
-        "--ca-cert", str(api.ca_cert),
+        "--upstream", url,
+        "--ca-cert", str(pki.ca_cert),
         "--cache-dir", str(cache_dir),
         "--port", "0",
-        "--tls-cert", str(api.pki.server_cert),
-        "--tls-key", str(api.pki.server_key),
+        "--tls-cert", str(pki.server_cert),
+        "--tls-key", str(pki.server_key),
         "--probe-interval", "0.1",
         *extra,
     ]  # fmt: skip
@@ -49,6 +60,22 @@ class ProxyHandle:
         scheme = "https" if self.proxy.config.tls_cert else "http"
         return f"{scheme}://127.0.0.1:{self.proxy.port}"
 
+    def call(self, coro_fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 15.0) -> T:
+        """Run ``coro_fn()`` on the proxy's event loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout)
+
+    def metrics(self) -> dict[str, float]:
+        """The proxy's own metrics, by name (labels included)."""
+        out: dict[str, float] = {}
+        ctx = self.proxy.ssl_ctx if self.proxy.config.tls_cert else None
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10, context=ctx) as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
     def wait_cloud(self, healthy: bool, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while self.proxy.health.healthy != healthy:
@@ -64,12 +91,19 @@ def run_proxy(
     cache_dir: Path,
     health: HealthConfig = FAST_HEALTH,
     tls: tuple[Path, Path] | None = None,
+    cache: CacheConfig | None = None,
+    request_timeout: float | None = None,
 ) -> Iterator[ProxyHandle]:
     """``tls`` = (cert, key) for 127.0.0.1; the API server's own pair from run_apiserver fits."""
     cert, key = tls if tls else (None, None)
-    proxy = CacheProxy(
-        ProxyConfig(upstream, ca_cert, cache_dir, port=0, health=health, tls_cert=cert, tls_key=key)
+    config = ProxyConfig(
+        upstream, ca_cert, cache_dir, port=0, health=health, tls_cert=cert, tls_key=key
     )
+    if cache is not None:
+        config.cache = cache
+    if request_timeout is not None:
+        config.request_timeout = request_timeout
+    proxy = CacheProxy(config)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     errors: list[BaseException] = []
