@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.memory import fix_thresholds
 from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
+from raven.logs import configure as configure_logging
 
 
 async def _run(config: ProxyConfig) -> None:
@@ -63,7 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults.max_entries,
         help=f"entries at most, least recently used dropped first (default {defaults.max_entries})",
     )
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=os.environ.get("RAVEN_LOG_FORMAT", "console"),
+        help="console (readable lines) or json (one object per line); env RAVEN_LOG_FORMAT",
+    )
     a = p.parse_args(argv)
+    configure_logging(a.log_format)
     try:
         config = ProxyConfig(
             a.upstream,
