@@ -38,6 +38,7 @@ from raven.model import DesiredState, LocalAddress, Problem, Role
 from raven.names import PROBE_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_ENDPOINT_ANNOTATION
 from raven.nodeview import as_mapping
 from raven.plan import analyse, leases_needed, plan
+from raven.resourceversion import newer
 from raven.view import ClusterView, Identity, NodeView, cluster_view, lease_holder
 
 JSON = dict[str, Any]
@@ -164,6 +165,7 @@ class Memory:
 
     view: ClusterView | None = None
     last_holders: Mapping[str, str] = field(default_factory=dict)
+    lease_versions: Mapping[str, str] = field(default_factory=dict)  # pool -> newest seen
     holder_since: Mapping[str, tuple[str, float]] = field(default_factory=dict)  # pool ->
     desired: DesiredState | None = None
     role: Role | None = None
@@ -183,6 +185,27 @@ def own_pool_lease(obs: Observed, pool: str | None) -> JSON | None:
     if pool is None or election.pool != pool or not election.known:
         return None
     return {"spec": {"holderIdentity": election.seen_holder or ""}}
+
+
+def newest_leases(
+    leases: Mapping[str, Mapping[str, Any]], mem: Memory
+) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
+    """(pool -> Lease, pool -> its resourceVersion) where a Lease older than one already seen
+    (a lagging watch, or a cache proxy's older copy while the cloud is away) is replaced by
+    the holder seen with the newer one: a pool's gateway never moves back in time."""
+    out: dict[str, Mapping[str, Any]] = {}
+    versions = {}
+    for pool, lease in leases.items():
+        rv = as_mapping(as_mapping(lease).get("metadata")).get("resourceVersion")
+        seen = mem.lease_versions.get(pool)
+        if seen is not None and newer(seen, rv):
+            out[pool] = {"spec": {"holderIdentity": mem.last_holders.get(pool, "")}}
+            versions[pool] = seen
+            continue
+        out[pool] = lease
+        if isinstance(rv, str) and rv:
+            versions[pool] = rv
+    return out, versions
 
 
 def sticky_holders(
@@ -269,7 +292,7 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
     pool0 = as_mapping(as_mapping(me_raw.get("metadata")).get("labels")).get(p.pool_label)
     pool0 = pool0 if isinstance(pool0, str) and pool0 else None
 
-    watched: dict[str, Mapping[str, Any]] = dict(obs.leases)
+    watched, lease_versions = newest_leases(obs.leases, mem)
     own = own_pool_lease(obs, pool0)
     if own is not None and pool0 is not None:
         watched[pool0] = own
@@ -390,6 +413,7 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         mem,
         view=view,
         last_holders=last_holders,
+        lease_versions=lease_versions,
         holder_since=holder_since,
         desired=desired if desired is not None else mem.desired,
         role=role,

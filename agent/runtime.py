@@ -160,8 +160,8 @@ class Agent:
         self._probe_state: dict[str, tuple[bool, bool]] = {}
         self.receiver = beacon.Receiver(private_key=self.keypair.private_key)
         self.beacons: beacon.BeaconSocket | None = None
+        self.sender: beacon.BeaconSender | None = None
         self._beacon_plan = BeaconPlan()
-        self._beacon_keys: dict[str, bytes] = {}
         self._beacon_addresses = dict(beacon_addresses or {})
         self._watch_handle: asyncio.TimerHandle | None = None
         self._resolved: dict[str, str] = {}  # "host:port" -> "ip:port", the last good answer
@@ -283,7 +283,15 @@ class Agent:
             self.settings.wg_interface,
             self.keypair.public_key,
         )
-        tasks = [asyncio.create_task(self._send_beacons(), name="beacons")]
+        self.sender = beacon.BeaconSender(
+            self.keypair.private_key,
+            self.settings.node_name,
+            host=self.settings.beacon_host,
+            port=self.settings.beacon_port,
+            interval=self.settings.beacon_interval,
+        )
+        self.sender.start()
+        tasks: list[asyncio.Task[None]] = []
         if self._probing:
             tasks.append(asyncio.create_task(self._probe_loop(), name="tunnel-probe"))
         try:
@@ -357,6 +365,8 @@ class Agent:
                 await informer.stop()
         if self.beacons is not None:
             self.beacons.close()
+        if self.sender is not None:
+            self.sender.close()
         if self.health is not None:
             await self.health.stop()
         await self.client.close()
@@ -643,6 +653,15 @@ class Agent:
             },
         )
         self._beacon_plan = plan
+        if self.sender is not None:
+            self.sender.set(
+                plan.pool,
+                tuple(
+                    beacon.Target(t.name, where.get(t.address, t.address), t.public_key)
+                    for t in plan.targets
+                ),
+                plan.fit,
+            )
         self._arm_watch()
 
     def _swap_lease_watch(self) -> None:
@@ -674,29 +693,11 @@ class Agent:
         heard = self.receiver.fit_at.get(holder)
         if heard is None:
             return  # never heard in this term: the Lease's expiry decides
-        delay = max(0.0, heard + patience - time.monotonic()) + 0.01
-        self._watch_handle = asyncio.get_running_loop().call_later(delay, self._dirty.set)
-
-    async def _send_beacons(self) -> None:
-        """While we carry the pool: a beacon to each other candidate every interval."""
-        while True:
-            plan = self._beacon_plan
-            if plan.targets and plan.pool is not None and self.beacons is not None:
-                counter = time.time_ns()
-                for target in plan.targets:
-                    key = self._beacon_keys.get(target.public_key)
-                    if key is None:
-                        try:
-                            key = beacon.pair_key(self.keypair.private_key, target.public_key)
-                        except ValueError:
-                            continue
-                        self._beacon_keys[target.public_key] = key
-                    datagram = beacon.encode(
-                        beacon.Beacon(plan.pool, self.settings.node_name, counter, plan.fit), key
-                    )
-                    address = self._beacon_addresses.get(target.address, target.address)
-                    self.beacons.send(datagram, address, self.settings.beacon_port)
-            await asyncio.sleep(self.settings.beacon_interval)
+        delay = heard + patience - time.monotonic()
+        if delay > 0:  # past it, the round has seen the silence already: no wake-up loop
+            self._watch_handle = asyncio.get_running_loop().call_later(
+                delay + 0.01, self._dirty.set
+            )
 
     async def _probe_loop(self) -> None:
         """Probe the peers every PROBE_INTERVAL; wake a round when a peer's reachability flips

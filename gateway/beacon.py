@@ -25,7 +25,9 @@ import base64
 import hashlib
 import hmac
 import logging
+import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -160,7 +162,7 @@ class Receiver:
 
 
 class BeaconSocket(asyncio.DatagramProtocol):
-    """One UDP socket that sends this node's beacons and receives its pool's.
+    """The UDP socket that receives this pool's beacons (BeaconSender sends ours).
 
     ``on_beacon(sender)`` is called (on the loop) for every accepted beacon.
     """
@@ -169,7 +171,6 @@ class BeaconSocket(asyncio.DatagramProtocol):
         self.receiver = receiver
         self.on_beacon = on_beacon
         self.transport: asyncio.DatagramTransport | None = None
-        self.sent = 0
         self.dropped = 0  # datagrams refused (malformed, forged, replayed, unknown sender)
 
     @classmethod
@@ -200,11 +201,79 @@ class BeaconSocket(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         log.debug("beacon socket: %s", exc)
 
-    def send(self, datagram: bytes, address: str, port: int) -> None:
-        if self.transport is not None:
-            self.transport.sendto(datagram, (address, port))
-            self.sent += 1
-
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A candidate to tell: its name, where its beacon socket listens, its public key."""
+
+    name: str
+    address: str
+    public_key: str
+
+
+class BeaconSender:
+    """Sends this node's beacons from a thread of its own, every ``interval`` seconds, to the
+    targets last set. A busy event loop (a large list to parse, a slow round) must not delay
+    them: a late beacon looks like a crash to the other candidates."""
+
+    def __init__(
+        self,
+        private_key: str,
+        sender: str,
+        *,
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_PORT,
+        interval: float = 0.25,
+    ) -> None:
+        self.private_key, self.sender, self.port, self.interval = (
+            private_key,
+            sender,
+            port,
+            interval,
+        )
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sent = 0
+        self._plan: tuple[str, tuple[Target, ...], bool] | None = None
+        self._keys: dict[str, bytes] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="beacons", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def set(self, pool: str | None, targets: tuple[Target, ...], fit: bool) -> None:
+        """Beacon for ``pool`` to ``targets`` from now on (none: stop beaconing)."""
+        self._plan = (pool, targets, fit) if pool is not None and targets else None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self.sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            plan = self._plan
+            if plan is None:
+                continue
+            pool, targets, fit = plan
+            counter = time.time_ns()
+            for target in targets:
+                key = self._keys.get(target.public_key)
+                if key is None:
+                    try:
+                        key = pair_key(self.private_key, target.public_key)
+                    except ValueError:
+                        continue
+                    self._keys[target.public_key] = key
+                datagram = encode(Beacon(pool, self.sender, counter, fit), key)
+                try:
+                    self.sock.sendto(datagram, (target.address, self.port))
+                    self.sent += 1
+                except OSError as error:  # no route yet, a full buffer: the next one may pass
+                    log.debug("beacon to %s: %s", target.name, error)

@@ -55,6 +55,7 @@ from raven.kube.errors import Conflict, KubeError, NotFound, TransientError
 from raven.kube.notify import Generation
 from raven.kube.resources import Resource, leases
 from raven.names import DEFAULT_LEASE_NAMESPACE
+from raven.resourceversion import newer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -278,10 +279,14 @@ class LeaseElector:
         try:
             await self._round()
         except Conflict as e:
-            # Someone wrote the lease between our read and our write: we lost that race.
+            # Someone wrote the lease between our read and our write: we lost that race. A
+            # holder whose renewal lost it holds nothing it can prove any more; the next round
+            # (at once) reads who does.
             self.conflicts += 1
             self.last_error = e
             self._lease = None  # force a fresh read next round
+            self._renewed_at = None
+            self._wake.set()
         except KubeError as e:
             # An outage fails every round alike (several a second): say it once, not each time.
             repeated = self.last_error is not None and str(self.last_error) == str(e)
@@ -356,6 +361,12 @@ class LeaseElector:
             if known:
                 if lease is None:
                     raise NotFound(f"lease {self.lease_name} not found (watch)")
+                mine = self._lease
+                if mine is not None and newer(
+                    mine.get("metadata", {}).get("resourceVersion"),
+                    lease.get("metadata", {}).get("resourceVersion"),
+                ):
+                    return mine  # our own last write is newer than what the watch shows yet
                 return lease
         self.reads += 1
         return await self._call(self.client.get(self.resource, self.lease_name))
@@ -427,7 +438,8 @@ class LeaseElector:
 
     def _taken_from_us(self) -> JSON | None:
         """The watched Lease, when it shows someone else took it from us since our last write
-        (a preemption); None otherwise. A lagging copy that still names us is ignored."""
+        (a preemption); None otherwise. A copy that is not newer than ours (a lagging watch, or
+        a cache proxy's older copy while the cloud is away) is ignored."""
         if self.watched is None or self._lease is None:
             return None
         known, lease = self.watched()
@@ -436,7 +448,7 @@ class LeaseElector:
         holder = lease.get("spec", {}).get("holderIdentity") or None
         ours = self._lease.get("metadata", {}).get("resourceVersion")
         theirs = lease.get("metadata", {}).get("resourceVersion")
-        if holder in (None, self.identity) or theirs == ours:
+        if holder in (None, self.identity) or not newer(theirs, ours):
             return None
         return lease
 

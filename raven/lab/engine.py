@@ -347,7 +347,13 @@ def _launch_apiserver(
 ) -> int:
     """Start the API server in its namespace, record it, wait until ``url`` is ready."""
     log_file = state_dir / "apiserver.log"
-    proc = apiserver_proc.start(lab, pki, state_dir=state_dir / "apiserver", log_file=log_file)
+    proc = apiserver_proc.start(
+        lab,
+        pki,
+        state_dir=state_dir / "apiserver",
+        log_file=log_file,
+        audit_log=state_dir / "audit.log",  # every request, for tests and for debugging
+    )
     st.add(
         "process",
         role="apiserver",

@@ -424,3 +424,24 @@ def test_the_relay_reports_a_refusal_no_pool_gateway_can() -> None:
     assert all(e.type != "Warning" for e in edge.events)
     for name in ("a1", "a2", "b1", "c1", "c2"):
         assert first(name, nodes=nodes).steps == first(name).steps
+
+
+def test_an_older_copy_of_a_lease_never_moves_a_pool_back() -> None:
+    """A cache proxy may list an older copy of a Lease while the cloud is away: a holder seen
+    with a newer resourceVersion stays."""
+
+    def versioned(pool: str, holder: str, rv: str) -> dict[str, Any]:
+        obj = lease(pool, holder)
+        obj["metadata"]["resourceVersion"] = rv
+        return obj
+
+    p = params("a1")
+    new = {**holders(), "cloud": versioned("cloud", "c2", "20")}
+    d1, mem = decide(observed("a1", leases=new), Memory(), p)
+    old = {**holders(), "cloud": versioned("cloud", "c1", "12")}
+    d2, mem = decide(observed("a1", leases=old), mem, p)
+    assert d1.desired is not None and d2.desired is not None
+    assert d2.desired.peers == d1.desired.peers  # still the relay gateway c2
+    newest = {**holders(), "cloud": versioned("cloud", "c1", "21")}
+    d3, _ = decide(observed("a1", leases=newest), mem, p)
+    assert d3.desired is not None and d3.desired.peers[0].public_key == KEY["c1"]
