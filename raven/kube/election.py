@@ -179,6 +179,7 @@ class LeaseElector:
         self._renewed_at: float | None = None  # monotonic send time of our last good write
         self._out_until = 0.0
         self._preempt: str | None = None  # a holder we were told is dead (its beacons stopped)
+        self._read_through = False  # next read: a GET, not the watch (after a lost race)
         self.preemptions = 0  # leases taken from a live-looking holder; for metrics and tests
         self._gen = Generation()
         self._state: tuple[bool, str | None] = (False, None)
@@ -284,8 +285,11 @@ class LeaseElector:
             # (at once) reads who does.
             self.conflicts += 1
             self.last_error = e
-            self._lease = None  # force a fresh read next round
+            self._lease = None
             self._renewed_at = None
+            # The watch has not shown that write yet (or we would not have lost): read the
+            # Lease from the API server itself, once, at once.
+            self._read_through = True
             self._wake.set()
         except KubeError as e:
             # An outage fails every round alike (several a second): say it once, not each time.
@@ -356,7 +360,8 @@ class LeaseElector:
     async def _read(self) -> JSON:
         """The lease: from the watch when it knows (no request), else a GET. A watch that lags
         is safe: every write carries the resourceVersion read, so a stale one gets a 409."""
-        if self.watched is not None:
+        read_through, self._read_through = self._read_through, False
+        if self.watched is not None and not read_through:
             known, lease = self.watched()
             if known:
                 if lease is None:

@@ -469,3 +469,24 @@ async def test_campaign_change_during_a_write_is_acted_on_at_once(
     finally:
         await el.stop(release=False)
         await client.close()
+
+
+async def test_a_lost_race_is_followed_by_one_real_read_not_a_storm_of_writes(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    """A watch that has not shown another node's write yet still names us: after the 409 our
+    next write would lose again and again. The elector reads the API server itself once."""
+    async with candidates(apiserver, ["n2"], start=False) as (n2,):
+        await n2.step()
+        assert n2.is_holder
+        stale = await kube.get(LEASES, "raven-gw-edge-a")
+        stale["spec"]["holderIdentity"] = "n1"  # as n1 saw it before n2 wrote: long ago
+        stale["metadata"]["resourceVersion"] = "1"
+        async with candidates(
+            apiserver, ["n1"], start=False, watched=lambda: (True, stale)
+        ) as (n1,):
+            for _ in range(5):
+                await n1.step()
+            assert n1.conflicts == 1 and n1.reads == 1
+            assert not n1.is_holder and n1.seen_holder == "n2"
+        assert await lease_holder(kube) == "n2"
