@@ -59,6 +59,7 @@ STATE_ENTRIES = (
     "pki",
     "apiserver",
     "apiserver.log",
+    "audit.log",
     "agents",
     "proxies",
     HOST_KUBECONFIG,
