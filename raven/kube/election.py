@@ -58,6 +58,8 @@ from raven.names import DEFAULT_LEASE_NAMESPACE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: A renewal this close to due is sent now (timers may fire a little early).
+RENEW_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -251,16 +253,19 @@ class LeaseElector:
         cancellation), so cancelling the task from a root task shutdown also hands over at once."""
         try:
             while True:
+                # Cleared before the round, so a wake that comes while it runs (a campaign
+                # change during a renewal) starts the next round at once instead of being lost.
+                self._wake.clear()
                 await self.step()
                 if self.is_holder:
-                    delay = self.timings.renew_interval
+                    # Until the next renewal is due; a failed one is retried an interval later.
+                    delay = self._renew_in() or self.timings.renew_interval
                 else:
                     delay = self.timings.retry_interval * (
                         1 + self.timings.jitter * random.random()
                     )
                 if self._out_until > time.monotonic():
                     delay = min(delay, max(0.0, self._out_until - time.monotonic()))
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
@@ -366,6 +371,13 @@ class LeaseElector:
             self._observed_rv = rv
             self._observed_at = time.monotonic()
 
+    def _renew_in(self) -> float:
+        """Seconds until the holder's next renewal is due (0: now, or never renewed)."""
+        if self._renewed_at is None:
+            return 0.0
+        left = self._renewed_at + self.timings.renew_interval - time.monotonic()
+        return left if left > RENEW_SLACK else 0.0
+
     def _expired(self, lease: JSON) -> bool:
         spec = lease.get("spec", {})
         duration = float(spec.get("leaseDurationSeconds") or self.timings.duration)
@@ -445,6 +457,10 @@ class LeaseElector:
         if self.is_holder and self._lease is not None:
             if not campaigning:
                 await self.release()
+                return
+            if self._renew_in() > 0:
+                # Woken early (our own renewal's watch event, a campaign or health change):
+                # only a renewal that is due is sent, so a wake never costs a write.
                 return
             # Renew from the object our last write returned: one request per renew. A 409 means
             # someone else wrote it; step() drops the copy and the next round reads afresh.

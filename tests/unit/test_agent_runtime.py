@@ -21,7 +21,7 @@ from agent.config import AgentSettings
 from agent.runtime import Agent
 from agent.steps import SetRoutes
 from gateway.probe import Prober, ProbeWindow
-from raven.kube import GATEWAYS, NODES, KubeClient, leases
+from raven.kube import GATEWAYS, NODES, Informer, KubeClient, leases
 from raven.kube.events import EVENTS
 from raven.lab.testing.dataplane import RecordingDataPlane
 from raven.lab.testing.kube import client_for_kubeconfig, install_crds
@@ -339,3 +339,21 @@ async def test_agent_started_while_the_api_is_away_touches_nothing(fleet: Fleet)
         lambda: any(isinstance(s, SetRoutes) for s in member.plane.steps),
         "routes once the API is back",
     )
+
+
+async def test_a_steady_pool_writes_its_lease_once_per_renewal(fleet: Fleet) -> None:
+    await connected(fleet)
+    writes: list[str] = []
+    informer = Informer(fleet.kube, LEASES)
+    informer.add_listener(lambda kind, lease: writes.append(lease["metadata"]["name"]))
+    informer.start()
+    try:
+        await informer.wait_synced(5)
+        writes.clear()
+        await asyncio.sleep(4.5)
+        # Renewals every 1.5 s: three per pool in 4.5 s (one more when a timer straddles an
+        # edge), nothing else while nothing changes.
+        per_pool = {pool: writes.count(f"raven-gw-{pool}") for pool in POOLS}
+        assert all(n <= 4 for n in per_pool.values()), per_pool
+    finally:
+        await informer.stop()

@@ -348,3 +348,83 @@ async def test_preempt_of_a_holder_that_is_not_the_current_one_changes_nothing(
         new.preempt(old.identity)  # a node that does not campaign never takes over
         await asyncio.sleep(0.5)
         assert await lease_holder(kube) == old.identity and new.preemptions == 0
+
+
+async def test_holder_woken_by_its_own_renewals_still_renews_once_per_interval(
+    apiserver: Any,
+) -> None:
+    # The agent wakes the elector on every event of its pool's Lease, the holder's own renewals
+    # included. A wake must not cost a write: else every renewal's event starts the next one
+    # and a pool costs the API server as many writes as it can answer.
+    client = client_for_kubeconfig(apiserver.kubeconfig)
+    informer = Informer(client, LEASES)
+    writes: list[str] = []
+    timings = LeaseTimings(duration=4, renew_interval=1.0, retry_interval=0.1)
+    el = LeaseElector(
+        client,
+        "edge-a",
+        "n1",
+        namespace=NS,
+        timings=timings,
+        watched=lambda: (informer.synced, informer.get("raven-gw-edge-a")),
+    )
+
+    def on_event(kind: str, lease: dict[str, Any]) -> None:
+        writes.append(lease["metadata"]["resourceVersion"])
+        el.wake()
+
+    informer.add_listener(on_event)
+    informer.start()
+    try:
+        await informer.wait_synced(5)
+        el.start()
+        await wait_until(lambda: el.is_holder and writes, what="n1 holds")
+        before = len(writes)
+        await asyncio.sleep(3.0)
+        # Three renewals are due in 3 s (one more if a timer straddles the edges).
+        assert len(writes) - before <= 4, f"{len(writes) - before} writes in 3 s"
+        assert el.is_holder
+    finally:
+        await el.stop(release=False)
+        await informer.stop()
+        await client.close()
+
+
+class _ToldDuringWrite(KubeClient):
+    """Runs ``during`` when the Lease is created, before the request goes out (a campaign
+    change that arrives while the elector's write is on the wire)."""
+
+    during: Any = None
+
+    async def create(self, resource: Any, obj: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        if self.during is not None:
+            self.during()
+        return await super().create(resource, obj, **kw)
+
+
+async def test_campaign_change_during_a_write_is_acted_on_at_once(
+    apiserver: Any, kube: KubeClient
+) -> None:
+    client = _ToldDuringWrite(client_for_kubeconfig(apiserver.kubeconfig).config)
+    slow = LeaseTimings(duration=60, renew_interval=20, retry_interval=0.1)
+    el = LeaseElector(client, "edge-a", "n1", namespace=NS, timings=slow)
+
+    def stop_campaigning() -> None:
+        el.campaign = False
+        el.wake()
+
+    client.during = stop_campaigning
+    el.start()
+    try:
+        # Created naming n1, then released at once, not at the next renewal 20 s later.
+        deadline = time.monotonic() + 5
+        holder = None
+        while holder != "" and time.monotonic() < deadline:
+            with contextlib.suppress(NotFound):
+                holder = await lease_holder(kube)
+            await asyncio.sleep(0.05)
+        assert holder == "", f"the Lease still names {holder!r}"
+        assert not el.is_holder
+    finally:
+        await el.stop(release=False)
+        await client.close()
