@@ -36,7 +36,7 @@ from gateway.probe import ProbeWindow, local_probe_address
 from raven.gatewayspec import selector_matches
 from raven.model import DesiredState, LocalAddress, Role
 from raven.names import PROBE_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_ENDPOINT_ANNOTATION
-from raven.plan import analyse, plan
+from raven.plan import Analysis, analyse, plan
 from raven.view import ClusterView, Identity, NodeView, cluster_view, lease_holder
 
 JSON = dict[str, Any]
@@ -247,17 +247,13 @@ def candidates(view: ClusterView, pool: str) -> list[NodeView]:
     )
 
 
-def relay_pool(view: ClusterView) -> str | None:
-    return analyse(view).relay
-
-
-def leases_needed(view: ClusterView, me: NodeView | None) -> frozenset[str] | None:
+def leases_needed(view: ClusterView, me: NodeView | None, facts: Analysis) -> frozenset[str] | None:
     """The pools whose Leases this node's plan and election read: its own pool's and the relay
     pool's; every pool's (None) on a candidate of the relay pool, which must know every pool's
-    gateway the moment it becomes the relay."""
+    gateway the moment it becomes the relay. ``facts`` is ``analyse(view)``."""
     if me is None or me.pool is None:
         return frozenset()
-    relay = relay_pool(view)
+    relay = facts.relay
     if relay == me.pool and any(n.name == me.name for n in candidates(view, me.pool)):
         return None
     return frozenset(p for p in (me.pool, relay) if p is not None)
@@ -390,7 +386,11 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
             if peer.allowed_ips and address is not None:
                 probe_targets[peer.public_key] = address
 
-    election, beacons, wake_note = _election(obs, view, me, pool, holder, desired, holder_since, p)
+    # The cluster-wide analysis, once per round (the planner makes its own).
+    facts = analyse(view)
+    election, beacons, wake_note = _election(
+        obs, view, facts, me, pool, holder, desired, holder_since, p
+    )
     if wake_note:
         notes.append(wake_note)
     if election.step_down is not None and pool is not None:
@@ -403,7 +403,7 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         status=status_write,
         events=tuple(events),
         election=election,
-        lease_scope=leases_needed(view, me),
+        lease_scope=leases_needed(view, me, facts),
         probe_source=probe_address if carrying_pool else None,
         probe_targets=probe_targets,
         beacons=beacons,
@@ -438,10 +438,9 @@ def _uid(gateway: JSON | None) -> str:
     return uid if isinstance(uid, str) else ""
 
 
-def _healthy(view: ClusterView, pool: str) -> bool:
+def _healthy(facts: Analysis, pool: str) -> bool:
     """Could this node carry ``pool``? The relay pool always can; an edge pool needs a relay
     gateway whose key it knows, or it could carry nothing."""
-    facts = analyse(view)
     if facts.relay is None:
         return False
     if facts.relay == pool:
@@ -464,6 +463,7 @@ def _dead_tunnel(desired: DesiredState, obs: Observed, p: Params) -> bool:
 def _election(
     obs: Observed,
     view: ClusterView,
+    facts: Analysis,
     me: NodeView | None,
     pool: str | None,
     holder: str | None,
@@ -477,7 +477,7 @@ def _election(
     is_candidate = any(n.name == me.name for n in pool_candidates)
     if not is_candidate:
         return ElectionWish(), BeaconPlan(), None
-    campaign = _healthy(view, pool)
+    campaign = _healthy(facts, pool)
     others = [n for n in pool_candidates if n.name != me.name]
     peers = {
         n.name: (n.public_key, n.internal_ip)

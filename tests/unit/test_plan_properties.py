@@ -105,3 +105,32 @@ def test_members_route_only_via_their_own_pool_gateway(cluster: tuple[ClusterVie
     elif state.role in (Role.GATEWAY, Role.RELAY):
         assert view.holders.get(me.pool) == name
         assert all(r.dev == "wg-prop" and r.gateway is None for r in state.routes)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(POOLS),
+        st.lists(st.sampled_from(CIDRS), max_size=4, unique=True),
+        min_size=1,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_overlapping_pools_are_found_as_by_comparing_every_pair(
+    subnets: dict[str, list[str]],
+) -> None:
+    # The planner finds overlaps with one sorted sweep (comparing every pair of CIDRs of every
+    # two pools cost seconds per plan at a few hundred nodes); it must find exactly those pairs.
+    from raven.plan import _clashes, _sorted_cidrs
+
+    pools = {pool: _sorted_cidrs(cidrs) for pool, cidrs in subnets.items()}
+    expected: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for a in pools:
+        for b in pools:
+            if a < b:
+                for ca in pools[a]:
+                    for cb in pools[b]:
+                        na, nb = ipaddress.ip_network(ca), ipaddress.ip_network(cb)
+                        if na.version == nb.version and na.overlaps(nb):
+                            expected.setdefault((a, b), set()).add((ca, cb))
+    found = {pair: set(clashes) for pair, clashes in _clashes(pools).items()}
+    assert found == expected
