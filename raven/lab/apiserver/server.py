@@ -24,6 +24,7 @@ from aiohttp import web
 
 from raven.lab.apiserver import discovery, errors, openapi, protobuf
 from raven.lab.apiserver.api import Api
+from raven.lab.apiserver.metrics import METRICS_PATH, ApiMetrics
 from raven.lab.apiserver.resources import ResourceType
 from raven.lab.apiserver.store import Store
 from raven.lab.apiserver.table import to_table
@@ -111,6 +112,7 @@ class ApiServer:
         self.store = Store(config.state_dir / DB_NAME, history=config.history)
         self.api = Api(self.store)
         self._streams: set[WatchStream] = set()
+        self.metrics = ApiMetrics()
         self._runner: web.AppRunner | None = None
         self.port = config.port
 
@@ -172,6 +174,7 @@ class ApiServer:
             log.exception("internal error on %s %s", request.method, request.path_qs)
             return _json(errors.ApiError(500, "InternalError", "internal error").status(), 500)
         finally:
+            self.metrics.answered(request.method, request.path, request.query, status)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s %d %.1fms",
@@ -187,6 +190,9 @@ class ApiServer:
             return web.Response(text="ok")
         if not self._authorized(request):
             raise errors.unauthorized()
+        if path == METRICS_PATH:
+            body, content_type = self.metrics.exposition()
+            return web.Response(body=body, headers={"Content-Type": content_type})
         registry = self.api.registry
         if path == "/version":
             return _json(discovery.VERSION_INFO)
@@ -403,10 +409,12 @@ class ApiServer:
             headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"},
         )
         await response.prepare(request)
+        self.metrics.watch_opened(rtype.plural)
         if stream is None:
             assert stream_error is not None
             await response.write(self._event("ERROR", stream_error.status()))
             await response.write_eof()
+            self.metrics.watch_closed(rtype.plural)
             return response
         self._streams.add(stream)
         first = True
@@ -432,12 +440,14 @@ class ApiServer:
                             )
                             first = False
                     await response.write(self._event(kind, obj))
+                    self.metrics.watch_event(rtype.plural, kind)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away; nothing to tell it
         finally:
             self._streams.discard(stream)
             stream.close()
+            self.metrics.watch_closed(rtype.plural)
         return response
 
     @staticmethod
