@@ -66,13 +66,14 @@ def test_steady_state_needs_one_gateway_per_pool_members_following_and_the_relay
         _state("e0", "edge", holder=True),
         _state("e1", "edge", via=["ip-e0"]),
     ]
-    assert unsteady(steady, "cloud") is None
+    assert unsteady(steady, "cloud", 4) is None
+    assert unsteady(steady[:3], "cloud", 4) == "3 of 4 agents started"
     no_gateway = [s | {"holder": False} if s["name"] == "e0" else s for s in steady]
-    assert unsteady(no_gateway, "cloud") == "pool edge has 0 gateways"
+    assert unsteady(no_gateway, "cloud", 4) == "pool edge has 0 gateways"
     lagging = [s | {"via": ["ip-e9"]} if s["name"] == "e1" else s for s in steady]
-    assert unsteady(lagging, "cloud") == "e1 routes via ['ip-e9'], not e0"
+    assert unsteady(lagging, "cloud", 4) == "e1 routes via ['ip-e9'], not e0"
     relay_behind = [s | {"carrying": []} if s["name"] == "c0" else s for s in steady]
-    assert unsteady(relay_behind, "cloud") == "the relay c0 does not carry 1 edge gateways yet"
+    assert unsteady(relay_behind, "cloud", 4) == "the relay c0 does not carry 1 edge gateways yet"
 
 
 def test_layout_gives_each_pool_a_loopback_lan_and_each_node_its_own_pod_cidr() -> None:

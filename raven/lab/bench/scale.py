@@ -375,9 +375,12 @@ class Workers:
 # Steady state -----------------------------------------------------------------------------------
 
 
-def unsteady(states: list[dict[str, Any]], relay_pool: str) -> str | None:
-    """Why the fleet is not in steady state yet (None: it is): every pool has one Lease holder,
-    every other node routes through it, the relay carries every edge gateway."""
+def unsteady(states: list[dict[str, Any]], relay_pool: str, expected: int) -> str | None:
+    """Why the fleet is not in steady state yet (None: it is): all ``expected`` agents run,
+    every pool has one Lease holder, every other node routes through it, the relay carries
+    every edge gateway."""
+    if len(states) < expected:
+        return f"{len(states)} of {expected} agents started"
     pools: dict[str, list[dict[str, Any]]] = {}
     for state in states:
         if state["failed"]:
@@ -405,13 +408,13 @@ def unsteady(states: list[dict[str, Any]], relay_pool: str) -> str | None:
     return None
 
 
-def _wait_steady(workers: Workers, deadline_s: float, say: Any) -> float:
+def _wait_steady(workers: Workers, expected: int, deadline_s: float, say: Any) -> float:
     started = time.monotonic()
     why = "not asked yet"
     told = started
     while time.monotonic() - started < deadline_s:
         states = [s for part in workers.call_all("state", timeout=COMMAND_TIMEOUT) for s in part]
-        why = unsteady(states, RELAY_POOL) or ""
+        why = unsteady(states, RELAY_POOL, expected) or ""
         if not why:
             return time.monotonic() - started
         if time.monotonic() - told >= 15:
@@ -462,7 +465,7 @@ def _phase(
             workers.call_all("start", [(s, interval) for s in share], timeout=COMMAND_TIMEOUT)
             startup: float | None = None
             try:
-                startup = _wait_steady(workers, 60 + agents / 2, say)
+                startup = _wait_steady(workers, agents, 60 + agents / 2, say)
             except Unsteady as e:
                 # Measured all the same (what a churning fleet costs), and said so; no crashes.
                 say(f"  {e}; measuring {window:.0f}s anyway")
@@ -478,12 +481,12 @@ def _phase(
             states = [
                 s for part in workers.call_all("state", timeout=COMMAND_TIMEOUT) for s in part
             ]
-            steady_still = unsteady(states, RELAY_POOL)
+            steady_still = unsteady(states, RELAY_POOL, agents)
             crashes = []
             for trial in range(min(trials, pools - 1)):
                 pool = cluster[1 + trial][0].pool
                 try:
-                    _wait_steady(workers, 60, say)
+                    _wait_steady(workers, agents, 60, say)
                 except Unsteady as e:
                     say(f"  crash trials stopped: {e}")
                     crashes.append({"pool": pool, "old": None, "new": None, "skipped": str(e)})

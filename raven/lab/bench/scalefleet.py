@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import sys
@@ -42,8 +43,9 @@ log = logging.getLogger("raven.bench.scale")
 
 #: Steps each node's data plane keeps (with their times) for timing a failover.
 STAMPS = 256
-#: Seconds between the loop-lag probe's wake-ups.
+#: Seconds between the loop-lag probe's wake-ups, and between freezes of the heap.
 LAG_TICK = 0.1
+FREEZE_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -176,16 +178,37 @@ class FleetWorker:
     agents: dict[str, SimAgent] = field(default_factory=dict)
     crashed: dict[str, SimNode] = field(default_factory=dict)
     lag_max: float = 0.0  # the loop's longest lateness since the last sample, seconds
+    gc_max: float = 0.0  # the longest garbage collection since the last sample, seconds
+    _gc_started: float = 0.0
     _starting: asyncio.Task[None] | None = None
     _lag: asyncio.Task[None] | None = None
 
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """Time each collection of the oldest generation (gc.callbacks)."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.monotonic()
+        else:
+            self.gc_max = max(self.gc_max, time.monotonic() - self._gc_started)
+
     async def watch_lag(self) -> None:
         """How late the loop runs what is due: many agents share it here, and a late loop
-        delays beacons as a busy node would (a real agent has its own process)."""
+        delays beacons as a busy node would (a real agent has its own process).
+
+        Every :data:`FREEZE_EVERY` seconds the heap is frozen (``gc.freeze``): a full
+        collection then scans only what came since, as a real agent's scans only its own heap,
+        a few MB, where a worker's holds hundreds of agents' (a full collection of that took
+        over a second here, and a second's silence is a gateway's beacons missed)."""
+        frozen = time.monotonic()
         while True:
             due = time.monotonic() + LAG_TICK
             await asyncio.sleep(LAG_TICK)
-            self.lag_max = max(self.lag_max, time.monotonic() - due)
+            now = time.monotonic()
+            self.lag_max = max(self.lag_max, now - due)
+            if now - frozen >= FREEZE_EVERY:
+                gc.freeze()
+                frozen = now
     rss_before_kb: int = field(default_factory=_rss_kb)
 
     def settings(self, node: SimNode) -> AgentSettings:
@@ -263,9 +286,11 @@ class FleetWorker:
     def sample(self) -> dict[str, Any]:
         """This process's CPU seconds and RSS, and every agent's counters so far."""
         lag, self.lag_max = self.lag_max, 0.0
+        gc_pause, self.gc_max = self.gc_max, 0.0
         return {
             "at": time.monotonic(),
             "lag_max_s": lag,
+            "gc_max_s": gc_pause,
             "preemptions": sum(
                 s.agent.elector.preemptions for s in self.agents.values() if s.agent.elector
             ),
@@ -426,4 +451,5 @@ def worker_main(conn: Connection, config: FleetConfig, log_file: str) -> None:
     # Who took which Lease over, and why, is worth keeping (a few lines per failover).
     logging.getLogger("raven.kube.election").setLevel(logging.INFO)
     worker = FleetWorker(config)
+    gc.callbacks.append(worker.on_gc)
     asyncio.run(_serve(conn, worker))

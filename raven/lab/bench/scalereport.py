@@ -97,11 +97,12 @@ def phase_figures(
 
     # Client-side, per agent and role (agents present at both ends of the window).
     per_role: dict[str, list[dict[str, float]]] = {}
-    cpu = rss_kb = lag = 0.0
+    cpu = rss_kb = lag = gc_pause = 0.0
     preemptions = conflicts = 0
     for b, a in zip(before["workers"], after["workers"], strict=True):
         cpu += a["cpu_s"] - b["cpu_s"]
         lag = max(lag, a["lag_max_s"])
+        gc_pause = max(gc_pause, a["gc_max_s"])
         preemptions += a["preemptions"] - b["preemptions"]
         conflicts += a["conflicts"] - b["conflicts"]
         rss_kb += a["rss_kb"] - a["rss_before_kb"]
@@ -149,6 +150,7 @@ def phase_figures(
         "window_preemptions": preemptions,  # takeovers in the steady window: none expected
         "window_conflicts": conflicts,
         "worker_lag_max_s": lag,
+        "worker_gc_max_s": gc_pause,  # the longest full collection: a heap of many agents
         "api": {
             "writes_per_s": _rate(sum(writes.values()), seconds),
             "reads_per_s": _rate(sum(reads.values()), seconds),
@@ -384,6 +386,7 @@ def render(figures: Mapping[str, Any]) -> str:
         f"{p['window_preemptions']} / {p['window_conflicts']}" for p in phases
     ])
     row("worker loop's worst lateness, s", each("worker_lag_max_s"), 2)
+    row("  its longest full garbage collection, s", each("worker_gc_max_s"), 2)
     row("still steady after the window", each("steady_after_window"))
 
     width = max(len(label) for label, _ in rows)
