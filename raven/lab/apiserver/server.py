@@ -63,6 +63,7 @@ from raven.lab.apiserver.access import Access
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL, Api
 from raven.lab.apiserver.audit import AuditEntry, AuditLog
 from raven.lab.apiserver.authn import TokenIssuer, UserInfo
+from raven.lab.apiserver.metrics import METRICS_PATH, ApiMetrics
 from raven.lab.apiserver.rbac import forbidden
 from raven.lab.apiserver.requestinfo import RequestInfo, request_info
 from raven.lab.apiserver.resources import ResourceType
@@ -186,6 +187,7 @@ class ApiServer:
         self.access = Access(self.store, config.token, tokens)
         self.audit = AuditLog(config.audit_log) if config.audit_log is not None else None
         self._streams: set[WatchStream] = set()
+        self.metrics = ApiMetrics()
         self._runner: web.AppRunner | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.port = config.port
@@ -278,6 +280,7 @@ class ApiServer:
         finally:
             if self.audit is not None:
                 self.audit.write(entry, "ResponseComplete", status)
+            self.metrics.answered(request.method, request.path, request.query, status)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s %d %.1fms",
@@ -314,6 +317,9 @@ class ApiServer:
         self, request: web.Request, user: UserInfo, entry: AuditEntry
     ) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if path == METRICS_PATH:
+            body, content_type = self.metrics.exposition()
+            return web.Response(body=body, headers={"Content-Type": content_type})
         registry = self.api.registry
         if path == "/version":
             return _json(discovery.VERSION_INFO)
@@ -607,10 +613,12 @@ class ApiServer:
         await response.prepare(request)
         if self.audit is not None:
             self.audit.write(entry, "ResponseStarted", 200)
+        self.metrics.watch_opened(rtype.plural)
         if stream is None:
             assert stream_error is not None
             await response.write(self._event("ERROR", stream_error.status()))
             await response.write_eof()
+            self.metrics.watch_closed(rtype.plural)
             return response
         self._streams.add(stream)
         first = True
@@ -637,6 +645,7 @@ class ApiServer:
                             first = False
                     writing = True
                     await response.write(self._event(kind, obj))
+                    self.metrics.watch_event(rtype.plural, kind)
                     writing = False
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
@@ -644,6 +653,7 @@ class ApiServer:
         finally:
             self._streams.discard(stream)
             stream.close()
+            self.metrics.watch_closed(rtype.plural)
         return response
 
     @staticmethod

@@ -33,6 +33,10 @@ def _run(module: str, output: str, **kwargs: Any) -> None:
     except bench.BenchError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+    render = getattr(bench, "render", None)
+    if output == "text" and render is not None:
+        typer.echo(render(figures))  # a bench whose figures are a table, not a list
+        return
     _emit(figures, output)
 
 
@@ -140,3 +144,35 @@ def resources(
     failing over, restarting; and the image's size."""
     _run("resources", output, prefix=prefix, state_dir=state_dir, idle=idle,
          failover=failover, restart=restart, image=image, verbose=verbose)
+
+
+@app.command()
+def scale(
+    output: Output = "text",
+    pools: Annotated[
+        str, typer.Option(help="Fleet sizes in pools, comma-separated; each is one phase.")
+    ] = "10,50",
+    nodes: Annotated[int, typer.Option(help="Nodes per pool.")] = 10,
+    workers: Annotated[
+        int | None, typer.Option(help="Agent processes (default: one per core).")
+    ] = None,
+    window: Annotated[
+        float, typer.Option(help="Seconds of steady state measured per phase.")
+    ] = 60.0,
+    settle: Annotated[
+        float, typer.Option(help="Seconds waited after steady state before the window.")
+    ] = 5.0,
+    trials: Annotated[int, typer.Option(help="Gateway crashes timed per phase.")] = 3,
+    baseline_pools: Annotated[
+        int, typer.Option(help="Pools of the lease-only baseline phase (0: none).")
+    ] = 10,
+    start_rate: Annotated[
+        float, typer.Option(help="Agents started a second, as kubelets would start them.")
+    ] = 20.0,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
+) -> None:
+    """P pools x N nodes of simulated agents: API writes, reads and watch events per pool and
+    node, agent CPU and memory, crash failover; the arithmetic to 1,000 pools x 20 nodes."""
+    _run("scale", output, pools=pools, nodes=nodes, workers=workers, window=window,
+         settle=settle, trials=trials, baseline_pools=baseline_pools, start_rate=start_rate,
+         verbose=verbose)
