@@ -35,7 +35,12 @@ from gateway.dump import DeviceStatus
 from gateway.probe import ProbeWindow, local_probe_address
 from raven.gatewayspec import selector_matches
 from raven.model import DesiredState, LocalAddress, Problem, Role
-from raven.names import PROBE_ANNOTATION, PUBLIC_KEY_ANNOTATION, TUNNEL_ENDPOINT_ANNOTATION
+from raven.names import (
+    PROBE_ANNOTATION,
+    PUBLIC_KEY_ANNOTATION,
+    RELAY_LABEL,
+    TUNNEL_ENDPOINT_ANNOTATION,
+)
 from raven.nodeview import as_mapping
 from raven.plan import analyse, leases_needed, plan
 from raven.resourceversion import newer
@@ -153,6 +158,11 @@ class Decision:
     events: tuple[EventSpec, ...] = ()
     election: ElectionWish | None = None  # None: leave the election as it is
     lease_scope: frozenset[str] | None = frozenset()  # pools whose Leases to watch; None: all
+    # Gateways to watch: None every one (a candidate of the relay pool), else this pool's own
+    # (by name; "" for none) besides the relay's (by its label).
+    gateway_scope: str | None = None
+    # Labels the relay keeps on Gateways (pool -> label -> value, None removes it).
+    gateway_labels: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
     probe_source: str | None = None
     probe_targets: Mapping[str, str] = field(default_factory=dict)  # public key -> address
     beacons: BeaconPlan = BeaconPlan()
@@ -280,12 +290,15 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
     """One round (module docstring). Never raises for any observation."""
     if not obs.synced:
         # Nothing is known yet: the kernel stays exactly as found (DESIGN invariant 4).
-        return Decision(election=None, lease_scope=None), mem
+        return Decision(election=None, lease_scope=None, gateway_scope=None), mem
     if not obs.leases_synced:
         # Nodes and Gateways say which pools' Leases the plan needs (it does not depend on the
         # holders); until those are listed, nothing is planned.
         view = cluster_view(obs.nodes.values(), obs.gateways.values(), {}, pool_label=p.pool_label)
-        return Decision(election=None, lease_scope=leases_needed(view, p.node_name)), mem
+        scope = leases_needed(view, p.node_name)
+        me = next((n for n in view.nodes if n.name == p.node_name), None)
+        gateways = _gateway_scope(scope, me.pool if me is not None else None, view, obs.gateways)
+        return Decision(election=None, lease_scope=scope, gateway_scope=gateways), mem
 
     raw_nodes = obs.nodes
     me_raw = as_mapping(raw_nodes.get(p.node_name))
@@ -396,6 +409,7 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
     if election.step_down is not None and pool is not None:
         events.append(EventSpec(pool, uid, "Warning", "GatewayStepDown", election.step_down))
 
+    lease_scope = leases_needed(view, p.node_name)
     decision = Decision(
         steps=steps,
         desired=desired,
@@ -403,7 +417,9 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         status=status_write,
         events=tuple(events),
         election=election,
-        lease_scope=leases_needed(view, p.node_name),
+        lease_scope=lease_scope,
+        gateway_scope=_gateway_scope(lease_scope, pool, view, obs.gateways),
+        gateway_labels=_relay_labels(obs.gateways) if role == Role.RELAY else {},
         probe_source=probe_address if carrying_pool else None,
         probe_targets=probe_targets,
         beacons=beacons,
@@ -423,6 +439,38 @@ def decide(obs: Observed, mem: Memory, p: Params) -> tuple[Decision, Memory]:
         reported=reported,
     )
     return decision, memory
+
+
+def _gateway_scope(
+    lease_scope: frozenset[str] | None,
+    pool: str | None,
+    view: ClusterView,
+    gateways: Mapping[str, Any],
+) -> str | None:
+    """Every Gateway for a candidate of the relay pool (it needs every pool's, as it needs every
+    pool's Lease); else just this node's pool's, the relay's coming by its label, once the
+    relay's Gateway carries it (until then, a narrowed watch would lose sight of the relay)."""
+    if lease_scope is None or view.relay is None:
+        return None
+    relay = as_mapping(gateways.get(view.relay))
+    if as_mapping(as_mapping(relay.get("metadata")).get("labels")).get(RELAY_LABEL) != "true":
+        return None
+    return pool or ""
+
+
+def _relay_labels(gateways: Mapping[str, Any]) -> dict[str, dict[str, str | None]]:
+    """The relay label each Gateway lacks or should lose: "true" exactly while its spec says
+    relay. Which of several such Gateways is the relay stays the view's choice (the oldest)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for obj in gateways.values():
+        meta = as_mapping(as_mapping(obj).get("metadata"))
+        name = meta.get("name")
+        if not isinstance(name, str) or not name:
+            continue
+        want = "true" if as_mapping(as_mapping(obj).get("spec")).get("relay") is True else None
+        if as_mapping(meta.get("labels")).get(RELAY_LABEL) != want:
+            out[name] = {RELAY_LABEL: want}
+    return out
 
 
 def _unreported(view: ClusterView) -> frozenset[Problem]:

@@ -59,7 +59,7 @@ from raven.kube.gateways import ensure_gateway, patch_gateway_status
 from raven.kube.informer import Informer
 from raven.kube.nodes import publish_node_annotations
 from raven.model import PeerSpec, Role
-from raven.names import LEASE_POOL_LABEL, lease_name, pool_of_lease
+from raven.names import LEASE_POOL_LABEL, RELAY_LABEL, lease_name, pool_of_lease
 from raven.netlink.monitor import KernelWatch
 from raven.view import lease_holder
 
@@ -135,7 +135,12 @@ class Agent:
             protected=api_addresses(self.client.config.server),
         )
         self.nodes = Informer(self.client, NODES)
-        self.gateways = Informer(self.client, GATEWAYS)
+        # Every Gateway until the first round says which this node needs (its own pool's and
+        # the relay's, or every one on a candidate of the relay pool).
+        self._gateway_listener = self._changed(gateway_fingerprint)
+        self.gateway_scope: str | None = None
+        self.gateways: tuple[Informer, ...] = self._gateway_informers(None)
+        self._next_gateways: tuple[str | None, tuple[Informer, ...]] | None = None
         # No Lease watch until the first round says which pools the plan needs: a watch of
         # other pools (say, every pool's) might come from a cache proxy's stale copy while the
         # cloud is away, and a plan made from it would undo the data path.
@@ -234,8 +239,32 @@ class Agent:
     async def _plane(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._plane_thread, fn, *args)
 
+    def _gateway_informers(self, scope: str | None) -> tuple[Informer, ...]:
+        """The watches of ``scope``'s Gateways: every one (None), else this pool's by name and
+        the relay's by its label."""
+        found: tuple[Informer, ...]
+        if scope is None:
+            found = (Informer(self.client, GATEWAYS),)
+        else:
+            found = (Informer(self.client, GATEWAYS, label_selector=f"{RELAY_LABEL}=true"),)
+            if scope:
+                found += (Informer(self.client, GATEWAYS, field_selector=f"metadata.name={scope}"),)
+        for informer in found:
+            informer.add_listener(self._gateway_listener)
+        return found
+
+    def _gateway_view(self) -> Mapping[str, Any]:
+        if len(self.gateways) == 1:
+            return self.gateways[0].view()
+        merged: dict[str, Any] = {}
+        for informer in self.gateways:
+            merged.update(informer.view())
+        return merged
+
     def _informers(self) -> list[Informer]:
-        found = [self.nodes, self.gateways]
+        found = [self.nodes, *self.gateways]
+        if self._next_gateways is not None:
+            found += self._next_gateways[1]
         if self.leases is not None:
             found.append(self.leases)
         if self._next_leases is not None and self._next_leases[1] is not None:
@@ -259,7 +288,6 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stopping.set)
         self.nodes.add_listener(self._changed(node_fingerprint))
-        self.gateways.add_listener(self._changed(gateway_fingerprint))
         for informer in self._informers():
             informer.start()
         if self.settings.health_port:
@@ -384,8 +412,9 @@ class Agent:
 
     async def observe(self) -> Observed:
         self._swap_lease_watch()
+        self._swap_gateway_watch()
         assert self.dataplane is not None
-        synced = all(i.synced for i in (self.nodes, self.gateways))
+        synced = all(i.synced for i in (self.nodes, *self.gateways))
         leases_synced = not isinstance(self.lease_scope, _Unset) and (
             self.leases is None or self.leases.synced
         )
@@ -416,7 +445,7 @@ class Agent:
             now=time.time(),
             clock=time.monotonic(),
             nodes=self.nodes.view(),
-            gateways=self.gateways.view(),
+            gateways=self._gateway_view(),
             leases=lease_objs,
             election=election,
             addresses=addresses,
@@ -435,6 +464,7 @@ class Agent:
             self._resync_due = observed.resync or self._resync_due
             if observed.synced:
                 self._retarget_leases(decision.lease_scope)  # the first round: which Leases
+                self._retarget_gateways(decision.gateway_scope)
             return decision
         await self._apply(decision)
         for note in decision.notes:
@@ -548,6 +578,11 @@ class Agent:
                 self.stats.annotation_writes += 1
             except KubeError as error:
                 log.warning("cannot publish this node's annotations: %s", error)
+        for pool, labels in decision.gateway_labels.items():
+            try:
+                await self.client.merge_patch(GATEWAYS, pool, {"metadata": {"labels": labels}})
+            except KubeError as error:
+                log.warning("cannot label Gateway %s: %s", pool, error)
         for event in decision.events:
             log.log(
                 logging.WARNING if event.type == "Warning" else logging.INFO,
@@ -640,8 +675,35 @@ class Agent:
             await informer.wait_synced()
             self._dirty.set()
 
+    def _retarget_gateways(self, scope: str | None) -> None:
+        """Start watching ``scope``'s Gateways; swapped in once every one of them has listed."""
+        if scope == self.gateway_scope or (
+            self._next_gateways is not None and self._next_gateways[0] == scope
+        ):
+            return
+        if self._next_gateways is not None:
+            for stale in self._next_gateways[1]:
+                asyncio.ensure_future(stale.stop())
+        informers = self._gateway_informers(scope)
+        for informer in informers:
+            informer.start()
+            asyncio.ensure_future(self._wake_when_synced(informer))
+        self._next_gateways = (scope, informers)
+
+    def _swap_gateway_watch(self) -> None:
+        if self._next_gateways is None:
+            return
+        scope, informers = self._next_gateways
+        if not all(i.synced for i in informers):
+            return
+        old, self.gateways, self.gateway_scope = self.gateways, informers, scope
+        self._next_gateways = None
+        for informer in old:
+            asyncio.ensure_future(informer.stop())
+
     def _retarget(self, decision: Decision) -> None:
         self._retarget_leases(decision.lease_scope)
+        self._retarget_gateways(decision.gateway_scope)
         self.prober.set_targets(decision.probe_source, decision.probe_targets)
         plan = decision.beacons
         where = self._beacon_addresses

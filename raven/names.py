@@ -25,6 +25,11 @@ LEASE_POOL_LABEL = "raven.io/pool"
 DEFAULT_LEASE_NAMESPACE = "kube-system"
 
 
+#: Label the relay's gateway keeps on every Gateway: "true" while its spec.relay is, so the
+#: other nodes can watch just the relay's Gateway (and their own) instead of every pool's.
+RELAY_LABEL = "raven.io/relay"
+
+
 def lease_name(pool: str) -> str:
     """The name of ``pool``'s Lease."""
     return f"{LEASE_PREFIX}{pool}"

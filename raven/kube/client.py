@@ -358,9 +358,19 @@ class KubeClient:
     async def get(self, resource: Resource, name: str, **kw: Any) -> JSON:
         return await self.request("GET", resource.object_path(name), **kw)
 
-    async def list(self, resource: Resource, *, label_selector: str | None = None) -> JSON:
-        params = {"labelSelector": label_selector} if label_selector else None
-        return await self.request("GET", resource.collection_path(), params=params)
+    async def list(
+        self,
+        resource: Resource,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> JSON:
+        params = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        return await self.request("GET", resource.collection_path(), params=params or None)
 
     async def create(self, resource: Resource, obj: JSON, **kw: Any) -> JSON:
         return await self.request("POST", resource.collection_path(), body=obj, **kw)
@@ -390,6 +400,7 @@ class KubeClient:
         resource_version: str,
         timeout_seconds: int = 300,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncIterator[JSON]:
         """Yield watch events ``{"type": ..., "object": {...}}`` until the server ends the watch.
 
@@ -405,6 +416,8 @@ class KubeClient:
         }
         if label_selector:
             params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
         try:
             async with self._get_session().get(
                 self.config.server + resource.collection_path(),

@@ -67,7 +67,8 @@ def _rv(obj: JSON) -> str:
 
 
 class Informer:
-    """List+watch cache of one :class:`Resource` (one namespace, optional label selector)."""
+    """List+watch cache of one :class:`Resource` (one namespace, optional label and field
+    selectors)."""
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class Informer:
         resource: Resource,
         *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         watch_timeout: int = 300,
         backoff: Backoff | None = None,
     ) -> None:
@@ -83,6 +85,7 @@ class Informer:
         self.client = client
         self.resource = resource
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.watch_timeout = watch_timeout
         self.backoff = backoff or Backoff()
         self.synced = False  # True once the first list succeeded; stays True afterwards
@@ -177,7 +180,9 @@ class Informer:
     # Internals --------------------------------------------------------------------------------
 
     async def _list(self) -> None:
-        answer = await self.client.list(self.resource, label_selector=self.label_selector)
+        answer = await self.client.list(
+            self.resource, label_selector=self.label_selector, field_selector=self.field_selector
+        )
         items = answer.get("items") or []
         fresh: dict[str, JSON] = {}
         for item in items:
@@ -217,6 +222,7 @@ class Informer:
             resource_version=self.resource_version,
             timeout_seconds=self.watch_timeout,
             label_selector=self.label_selector,
+            field_selector=self.field_selector,
         )
         try:
             async for event in events:

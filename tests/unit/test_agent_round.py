@@ -445,3 +445,28 @@ def test_an_older_copy_of_a_lease_never_moves_a_pool_back() -> None:
     newest = {**holders(), "cloud": versioned("cloud", "c1", "21")}
     d3, _ = decide(observed("a1", leases=newest), mem, p)
     assert d3.desired is not None and d3.desired.peers[0].public_key == KEY["c1"]
+
+
+def test_members_watch_only_their_own_and_the_relays_gateway() -> None:
+    # Not before the relay's Gateway carries its label: a narrowed watch would lose the relay.
+    assert first("a2").gateway_scope is None
+    labelled = gateways()
+    labelled["cloud"]["metadata"]["labels"] = {"raven.io/relay": "true"}
+    assert first("a2", gateways=labelled).gateway_scope == "edge-a"
+    # An edge gateway needs no other pool's either; a relay candidate watches every Gateway.
+    assert first("a1", gateways=labelled).gateway_scope == "edge-a"
+    assert first("c2", gateways=labelled).gateway_scope is None
+
+
+def test_the_relay_keeps_the_relay_label_true_to_the_specs() -> None:
+    gws = gateways()
+    gws["edge-b"]["metadata"]["labels"] = {"raven.io/relay": "true"}  # stale: not a relay
+    relay = first("c1", gateways=gws)
+    assert relay.gateway_labels == {
+        "cloud": {"raven.io/relay": "true"},
+        "edge-b": {"raven.io/relay": None},
+    }
+    assert first("a1", gateways=gws).gateway_labels == {}  # only the relay writes them
+    gws["cloud"]["metadata"]["labels"] = {"raven.io/relay": "true"}
+    gws["edge-b"]["metadata"]["labels"] = {}
+    assert first("c1", gateways=gws).gateway_labels == {}  # nothing to change: no write

@@ -208,6 +208,16 @@ async def connected(fleet: Fleet) -> dict[str, str]:
         return relay is not None and {r.dst for r in relay.plane.routes} == remote
 
     await fleet.until(relay_routes_every_pool, "the relay routing every edge pool")
+
+    def gateways_route_every_remote_pool() -> bool:
+        for pool in POOLS:
+            gw = fleet.members.get(holders[pool])
+            remote = {CIDR[n] for other, ns in POOLS.items() if other != pool for n in ns}
+            if gw is None or {r.dst for r in gw.plane.routes} != remote:
+                return False
+        return True
+
+    await fleet.until(gateways_route_every_remote_pool, "every gateway routing the other pools")
     return holders
 
 
@@ -396,3 +406,20 @@ async def test_a_steady_pool_writes_its_lease_once_per_renewal(fleet: Fleet) -> 
         assert all(n <= 4 for n in per_pool.values()), per_pool
     finally:
         await informer.stop()
+
+
+async def test_members_narrow_their_gateway_watch_to_their_pool_and_the_relay(
+    fleet: Fleet,
+) -> None:
+    holders = await connected(fleet)
+    member = fleet.members[next(n for n in POOLS["edge-a"] if n != holders["edge-a"])]
+    relay = fleet.members[holders["cloud"]]
+    await fleet.until(lambda: member.agent.gateway_scope == "edge-a", "the narrowed watch")
+    watched = {
+        informer.field_selector or informer.label_selector for informer in member.agent.gateways
+    }
+    assert watched == {"metadata.name=edge-a", "raven.io/relay=true"}
+    assert set(member.agent._gateway_view()) == {"edge-a", "cloud"}
+    assert relay.agent.gateway_scope is None  # the relay sees every pool's Gateway
+    cloud = await fleet.kube.get(GATEWAYS, "cloud")
+    assert cloud["metadata"]["labels"]["raven.io/relay"] == "true"

@@ -107,7 +107,7 @@ def test_rbac_grants_exactly_what_the_agent_calls(objs: list[Obj]) -> None:
     cluster = rules_of(one(objs, "ClusterRole", "raven-agent"))
     assert cluster == {
         (NODES.group, NODES.plural): {"get", "list", "watch", "patch"},
-        (GATEWAYS.group, GATEWAYS.plural): {"get", "list", "watch", "create"},
+        (GATEWAYS.group, GATEWAYS.plural): {"get", "list", "watch", "create", "patch"},
         (GATEWAYS.group, f"{GATEWAYS.plural}/status"): {"patch"},
     }
     lease_ns = settings(objs)["RAVEN_LEASE_NAMESPACE"]
