@@ -46,7 +46,7 @@ from agent.round import (
     Params,
     decide,
 )
-from agent.steps import SetPeers, Step
+from agent.steps import SetPeers, SetRoutes, Step
 from gateway import beacon, keys
 from gateway.probe import PROBE_INTERVAL, Prober
 from gateway.status import peer_entries
@@ -88,6 +88,7 @@ class Stats:
     applied: int = 0
     apply_failures: int = 0
     status_writes: int = 0
+    rechecks: int = 0  # resyncs that found nothing to re-plan and only checked the kernel
     annotation_writes: int = 0
     last_apply_ok: bool = False
 
@@ -178,6 +179,10 @@ class Agent:
         self.metrics.ready.set_function(lambda: 1.0 if self._readiness()[0] else 0.0)
         self.health: HealthServer | None = None
         self._round_started: float | None = None  # monotonic, while a round runs
+        self._changes = 0  # changes of what a round reads, counted by the listeners
+        self._planned_on: tuple[Any, ...] | None = None  # _inputs() of the last full round
+        self._planned_at = 0.0  # monotonic time of the last full round
+        self._timer_only = False  # the coming round was started by the resync timer alone
         self._looping = False
 
     # Wiring ------------------------------------------------------------------------------------
@@ -210,6 +215,7 @@ class Agent:
         holder = None if kind == "DELETED" else lease_holder(lease)
         seen = self.memory.view.holders.get(pool) if self.memory.view and pool else None
         if holder != seen:
+            self._changes += 1
             self._dirty.set()
 
     def _changed(
@@ -225,6 +231,7 @@ class Agent:
                 seen[name] = now
                 if now is None:
                     del seen[name]
+                self._changes += 1
                 self._dirty.set()
 
         return listener
@@ -329,6 +336,48 @@ class Agent:
                 await cancel_and_wait(task)
             await self._shutdown()
 
+    def _inputs(self) -> tuple[Any, ...]:
+        """What changes what a round decides, short of the clock: changes the informers' and
+        Lease listeners counted, the elector's state, the probes' verdicts, the watches."""
+        elector = self.elector
+        informers = (self.nodes, *self.gateways, self.leases)
+        return (
+            self._changes,
+            tuple(informer is not None and informer.synced for informer in informers),
+            (id(elector), elector.generation) if elector is not None else None,
+            repr(self._probe_state),
+            self.gateway_scope,
+            self.lease_scope,
+        )
+
+    def _only_recheck(self) -> bool:
+        """The coming round may only re-check the kernel: the resync timer alone started it,
+        nothing a round reads changed since the last full round, that round had a plan to apply
+        and every input synced, and Gateway status figures are not due yet."""
+        decision = self.decision
+        return (
+            self._timer_only
+            and decision is not None
+            and decision.steps is not None
+            and self.ready
+            and self._inputs() == self._planned_on
+            and time.monotonic() - self._planned_at < self.settings.status_refresh
+        )
+
+    async def _recheck_kernel(self) -> None:
+        """The periodic check when nothing the plan reads changed: the last steps again, with
+        the route table dumped (someone may have changed it without an event reaching us). A
+        re-plan of the whole cluster every resync was most of an idle agent's CPU."""
+        decision = self.decision
+        assert decision is not None and decision.steps is not None  # by _only_recheck
+        self._resync_due = False
+        steps = tuple(
+            replace(step, resync=True) if isinstance(step, SetRoutes) else step
+            for step in decision.steps
+        )
+        await self._apply(replace(decision, steps=steps))
+        self.stats.rechecks += 1
+
     def _alive(self) -> tuple[bool, str]:
         """Live while the round loop runs and no round has been stuck for two minutes."""
         if not self._looping:
@@ -359,7 +408,10 @@ class Agent:
             self._dirty.clear()
             self._round_started = time.monotonic()
             try:
-                await self.round()
+                if self._only_recheck():
+                    await self._recheck_kernel()
+                else:
+                    await self.round()
             except Exception:  # one bad round must not kill the node's data path
                 log.exception("round failed; the last applied state stays")
                 self.metrics.round_errors.inc()
@@ -376,6 +428,7 @@ class Agent:
             )
             for waiter in pending:
                 waiter.cancel()
+            self._timer_only = not done
             if not done:
                 self._resync_due = True  # the periodic check: look at the kernel again
 
@@ -456,6 +509,7 @@ class Agent:
         )
 
     async def round(self) -> Decision:
+        self._planned_on, self._planned_at = self._inputs(), time.monotonic()
         observed = await self.observe()
         decision, self.memory = decide(observed, self.memory, self.params)
         self.decision = decision
@@ -600,8 +654,9 @@ class Agent:
                 self.stats.status_writes += 1
             except KubeError as error:
                 log.warning("cannot write Gateway %s status: %s", pool, error)
-                # Not written: make the next round try again.
+                # Not written: make the next round (a full one) try again.
                 self.memory = replace(self.memory, status=None)
+                self._planned_on = None
 
     # Election, watches, probes, beacons --------------------------------------------------------
 
