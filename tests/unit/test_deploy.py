@@ -22,9 +22,12 @@ from raven.lab.engine import CRD_DIR
 from raven.names import POOL_LABEL
 from tests.manifests import DEPLOY, NAMESPACE, Obj, from_files, from_kubectl, one, pod_spec
 
-# Settings the ConfigMap already carries for the agent's health server and structured logs
-# (deploy/monitoring/README.md), which AgentSettings does not read yet and ignores meanwhile.
-ANNOUNCED_SETTINGS = {"RAVEN_HEALTH_PORT", "RAVEN_LOG_FORMAT"}
+# The settings deploy/config.yaml sets to other than the agent's default, and why. Every other
+# value it writes out is the default, so an overlay sees what it would change.
+NOT_DEFAULT = {
+    "RAVEN_LEASE_NAMESPACE": NAMESPACE,  # Raven's own namespace, where the Role grants Leases
+    "RAVEN_LOG_FORMAT": "json",  # for the node's log collector
+}
 
 
 RENDERERS = [
@@ -133,11 +136,25 @@ def test_rbac_grants_exactly_what_the_agent_calls(objs: list[Obj]) -> None:
 def test_every_setting_is_one_the_agent_reads_and_parses(objs: list[Obj]) -> None:
     data = settings(objs)
     fields = {f"RAVEN_{name.upper()}": name for name in AgentSettings.model_fields}
-    unknown = set(data) - set(fields) - ANNOUNCED_SETTINGS
+    unknown = set(data) - set(fields)
     assert not unknown, f"raven-config has settings the agent does not know: {sorted(unknown)}"
     parsed = AgentSettings(node_name="n1", **{fields[k]: v for k, v in data.items() if k in fields})
     assert parsed.pool_label == POOL_LABEL
     assert parsed.lease_namespace == NAMESPACE
+
+
+def test_the_settings_written_out_are_the_agents_defaults(objs: list[Obj]) -> None:
+    """A value in raven-config that differs from the default without a reason is a stale copy
+    (the Lease timings once were): the DaemonSet would run other timings than documented."""
+    data = settings(objs)
+    for key, value in data.items():
+        name = key.removeprefix("RAVEN_").lower()
+        if key in NOT_DEFAULT:
+            assert value == NOT_DEFAULT[key], key
+            continue
+        default = AgentSettings.model_fields[name].default
+        parsed = AgentSettings(node_name="n1", **{name: value})
+        assert getattr(parsed, name) == default, f"{key}: {value!r}, the agent's default {default!r}"
 
 
 def test_daemonset_pod_runs_agent_and_proxy_on_the_host_network(objs: list[Obj]) -> None:
