@@ -97,15 +97,18 @@ def _phase(pools: int, lease: float, gateways: float, events: dict[str, float]) 
 
 def test_the_arithmetic_follows_the_watch_scopes() -> None:
     # A Lease renewal every 8 s and a Gateway status every 60 s per pool.
-    small = _phase(10, 0.125, 1 / 60, {"member": 0.25 + 10 / 60})
-    large = _phase(50, 0.125, 1 / 60, {"member": 0.25 + 50 / 60})
+    # A member sees its own pool's and the relay pool's Lease and Gateway, whatever P is.
+    member = 2 * (0.125 + 1 / 60)
+    small = _phase(10, 0.125, 1 / 60, {"member": member})
+    large = _phase(50, 0.125, 1 / 60, {"member": member})
     figures = scalereport.summary([small, large], cores=2, took_s=1.0)
     proj = figures["projection"]
     assert proj["api_writes_per_s"] == pytest.approx(1000 * (0.125 + 1 / 60))
-    assert proj["member_events_per_s"] == pytest.approx(2 * 0.125 + 1000 / 60)
+    assert proj["member_events_per_s"] == pytest.approx(member)
     assert proj["relay_candidate_events_per_s"] == pytest.approx(1000 * (0.125 + 1 / 60))
+    assert small["model_events_per_s"]["member"] == pytest.approx(member)
     growth = figures["comparisons"]["events_per_node_growth"]["member"]
-    assert growth["per_added_pool"] == pytest.approx(1 / 60)
+    assert growth["per_added_pool"] == pytest.approx(0)
     assert figures["goals"]["pool_writes_met"] is True
     assert figures["fits"]["cpu_at_target"] == pytest.approx(0.1 + 0.0001 * 20000)
     assert figures["fits"]["rss_at_target"] == pytest.approx(2 + 0.001 * 20000)

@@ -2,11 +2,11 @@
 arithmetic to 1,000 pools × 20 nodes, and the text table. Pure.
 
 Where the watch events come from (the model the arithmetic uses, checked against what was
-measured at every size): every agent watches every Node and every Gateway; an agent of an
-edge pool watches only its own pool's Lease and the relay pool's, a node of the relay pool
-every pool's. So with w_x the steady writes per pool and second to objects of kind x:
+measured at every size): every agent watches every Node; an agent of an edge pool watches
+only its own pool's Lease and Gateway and the relay pool's, a node of the relay pool every
+pool's. So with w_x the steady writes per pool and second to objects of kind x:
 
-    events/s to a member          = 2·w_lease + P·w_gateway + P·w_node
+    events/s to a member          = 2·w_lease + 2·w_gateway + P·w_node
     events/s to a relay candidate = P·w_lease + P·w_gateway + P·w_node
 
 Nodes are written in steady state only by kubelets, which the bench does not run; the
@@ -210,13 +210,10 @@ def _per_pool_kind(phase: Mapping[str, Any], kind: str) -> float:
 
 def model_events(w: Mapping[str, float], pools: int) -> dict[str, float]:
     """Watch events per second to one node of each role (module docstring)."""
-    spread = pools * (w["gateways"] + w["nodes"])
-    return {
-        "member": 2 * w["leases"] + spread,
-        "gateway": 2 * w["leases"] + spread,
-        "relay-candidate": pools * w["leases"] + spread,
-        "relay": pools * w["leases"] + spread,
-    }
+    nodes = pools * w["nodes"]
+    edge = 2 * (w["leases"] + w["gateways"]) + nodes  # its own pool's and the relay pool's
+    relay = pools * (w["leases"] + w["gateways"]) + nodes  # every pool's
+    return {"member": edge, "gateway": edge, "relay-candidate": relay, "relay": relay}
 
 
 def projection(phase: Mapping[str, Any], fits: Mapping[str, Any]) -> dict[str, Any]:
@@ -467,8 +464,8 @@ def _projection_lines(figures: Mapping[str, Any]) -> list[str]:
         f"  API writes: {p:,} × {proj['api_writes_per_s'] / p:.4f} = "
         f"{proj['api_writes_per_s']:,.0f}/s  (their kubelets' heartbeats: "
         f"{p * n:,} × {KUBELET_HEARTBEAT_WRITES} = {p * n * KUBELET_HEARTBEAT_WRITES:,.0f}/s)",
-        f"  events to a member: 2 × {w['leases']:.4f} (own and relay Lease) + {p:,} ×"
-        f" {w['gateways']:.4f} (every Gateway) + {p:,} × {w['nodes']:.4f} (every Node)"
+        f"  events to a member: 2 × ({w['leases']:.4f} + {w['gateways']:.4f}) (own and relay"
+        f" pool's Lease and Gateway) + {p:,} × {w['nodes']:.4f} (every Node)"
         f" = {proj['member_events_per_s']:.2f}/s",
         f"  events to a relay candidate: {p:,} × ({w['leases']:.4f} + {w['gateways']:.4f} +"
         f" {w['nodes']:.4f}) = {proj['relay_candidate_events_per_s']:.2f}/s",
