@@ -154,7 +154,7 @@ def test_the_settings_written_out_are_the_agents_defaults(objs: list[Obj]) -> No
             continue
         default = AgentSettings.model_fields[name].default
         parsed = AgentSettings(node_name="n1", **{name: value})
-        assert getattr(parsed, name) == default, f"{key}: {value!r}, the agent's default {default!r}"
+        assert getattr(parsed, name) == default, f"{key}: {value!r}, default {default!r}"
 
 
 def test_daemonset_pod_runs_agent_and_proxy_on_the_host_network(objs: list[Obj]) -> None:
