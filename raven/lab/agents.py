@@ -2,8 +2,10 @@
 
 Every agent is recorded in the lab state (PID and start time) as it starts, so ``down`` and
 ``stop`` end exactly the processes the lab started and nothing else. An agent talks to the API
-server through its node's cache proxy (``STATE/proxy.kubeconfig``, see :mod:`raven.lab.proxies`),
-so it keeps working from the proxy's cache while its node or pool is cut from the cloud.
+server through its node's cache proxy (see :mod:`raven.lab.proxies`), so it keeps working from the
+proxy's cache while its node or pool is cut from the cloud. It runs as the DaemonSet's
+ServiceAccount (``STATE/agent.kubeconfig``) with the shared settings of ``deploy/config.yaml``
+(see :mod:`raven.lab.deployment`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ import os
 import signal
 from pathlib import Path
 
-from raven.lab import netns
-from raven.lab.proxies import PROXY_KUBECONFIG
+from raven.lab import deployment, netns
 from raven.lab.state import LabState, is_same_process, stop_process
 from raven.lab.topology import Lab, Node
 
 # For processes inside node namespaces that talk to the API server directly (over the Internet
-# segment). Agents use PROXY_KUBECONFIG instead: their node's cache proxy.
+# segment). Agents use deployment.AGENT_KUBECONFIG instead: their node's cache proxy.
 NODE_KUBECONFIG = "nodes.kubeconfig"
 ROLE = "agent"
 
@@ -48,7 +49,7 @@ def start(lab: Lab, st: LabState, state_dir: Path, node: Node, executable: Path)
         "--node-name",
         node.name,
         "--kubeconfig",
-        str(state_dir / PROXY_KUBECONFIG),
+        str(state_dir / deployment.AGENT_KUBECONFIG),
         "--state-dir",
         str(home),
         "--wg-interface",
@@ -59,6 +60,7 @@ def start(lab: Lab, st: LabState, state_dir: Path, node: Node, executable: Path)
         node.name,
         netns.in_netns(node.netns, argv),
         home / "agent.log",
+        env=deployment.agent_environment(),
         netns=node.netns,
         wg_interface=ifname,
     )

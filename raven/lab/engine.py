@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, faults, netns, proxies
+from raven.lab import apiserver_proc, deployment, faults, netns, proxies
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
 from raven.lab.apiserver.pki import Pki
 from raven.lab.state import LabState, proc_start_time, stop_processes
@@ -48,7 +48,7 @@ CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 WG_SOCKET_DIR = Path("/var/run/wireguard")
 HOST_KUBECONFIG = "kubeconfig"  # for the operator on the host (API server's host-link address)
 NODE_KUBECONFIG = lab_agents.NODE_KUBECONFIG  # node namespaces reach the API server directly
-PROXY_KUBECONFIG = proxies.PROXY_KUBECONFIG  # agents: their node's cache proxy on 127.0.0.1
+PROXY_KUBECONFIG = proxies.PROXY_KUBECONFIG  # admin, through a node's cache proxy on 127.0.0.1
 COMPONENTS = ("agent", "cache-proxy")  # what `raven lab restart NODE --component` restarts
 # Order in which `down` stops processes: agents still talk to their proxies as they stop.
 STOP_ORDER = ("agent", proxies.ROLE, "apiserver")
@@ -65,6 +65,7 @@ STATE_ENTRIES = (
     HOST_KUBECONFIG,
     NODE_KUBECONFIG,
     PROXY_KUBECONFIG,
+    deployment.AGENT_KUBECONFIG,
 )
 
 
@@ -188,7 +189,7 @@ def up(
             _start_apiserver(lab, st, state_dir, settings, result)
             if agents:  # the proxies start up while the API server gets its objects
                 _launch_proxies(lab, st, state_dir)
-            _populate_apiserver(lab, st, result)
+            _populate_apiserver(lab, st, state_dir, result)
         if agents:
             result.agents = _start_agents(lab, st, state_dir, proxied=apiserver)
     except BaseException:
@@ -313,13 +314,19 @@ def _start_apiserver(
     result.kubeconfig, result.api_url = kubeconfig, host_url
 
 
-def _populate_apiserver(lab: Lab, st: LabState, result: UpResult) -> None:
-    """The lab's Nodes, Raven's CRDs and the relay pool's Gateway, as an operator would make."""
+def _populate_apiserver(lab: Lab, st: LabState, state_dir: Path, result: UpResult) -> None:
+    """The lab's Nodes, Raven's CRDs, deploy/'s RBAC and the relay pool's Gateway, as an
+    operator would make; and the ServiceAccount token the agents run with."""
     kubeconfig = result.kubeconfig
     assert kubeconfig is not None
     apiserver_proc.register_nodes(lab, kubeconfig)
     st.info["crds"] = apiserver_proc.install_crds(kubeconfig, CRD_DIR)
+    st.info["rbac"] = deployment.apply(kubeconfig, deployment.rbac_objects())
     st.info["gateways"] = apiserver_proc.create_gateways(lab, kubeconfig)
+    agent_kubeconfig = deployment.issue_agent_kubeconfig(
+        state_dir, Pki.at(state_dir / "pki"), st.info["api_url"], proxies.PROXY_URL
+    )
+    st.info["agent_kubeconfig"] = str(agent_kubeconfig)
     st.save()
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,27 @@ class LabState:
         self.records = [r for r in self.records if not any(r is x for x in records)]
         self.save()
 
-    def spawn(self, role: str, name: str, argv: list[str], log_file: Path, **extra: Any) -> int:
-        """Start ``argv`` detached (its own session), its output appended to ``log_file``, and
-        record it as the ``role`` process of ``name`` in place of older records; its PID."""
+    def spawn(
+        self,
+        role: str,
+        name: str,
+        argv: list[str],
+        log_file: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> int:
+        """Start ``argv`` detached (its own session), its output appended to ``log_file``, with
+        ``env`` added to this process's environment, and record it as the ``role`` process of
+        ``name`` in place of older records; its PID."""
         with open(log_file, "ab") as logf:
             proc = subprocess.Popen(
-                argv, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True
+                argv,
+                stdout=logf,
+                stderr=logf,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         self.forget(self.processes(role, name))
         self.add(

@@ -25,13 +25,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from raven.lab import engine, matrix
+from raven.lab import deployment, engine, matrix
 from raven.lab.apiserver.pki import Pki
 from raven.lab.dockerd import Engine
 from raven.lab.topology import Lab, load_topology_file, resolve
 from tests.lab.labkit import LabEnv
 from tests.lab.steady import SteadyPing
-from tests.manifests import DEPLOY, NAMESPACE, Obj, pod_spec
+from tests.manifests import NAMESPACE, Obj, pod_spec
 
 from .kubelet import LABEL, Cluster, Pod, remove_labelled
 
@@ -128,14 +128,17 @@ def lab_pods(
             node_netns={name: pod.netns_pid for name, pod in lp.pods.items()},
             log=lambda *_: None,
         )
-        # What `kubectl apply -k deploy/` makes first: Raven's namespace, home of the Leases.
-        res = env.kubectl("apply", "-f", str(DEPLOY / "namespace.yaml"))
-        assert res.returncode == 0, res.stderr
+        # The lab applied deploy/'s Namespace and RBAC and issued the ServiceAccount a token:
+        # the pods' agents send it (their projected token), so RBAC authorizes them.
         st, _ = engine.load(lp.settings)
         upstream = urlsplit(st.info["api_node_url"])
         pki = Pki.at(env.state_dir / "pki")
         cluster = Cluster(
-            manifests, str(upstream.hostname), int(upstream.port or 443), pki.ca_cert, pki.token
+            manifests,
+            str(upstream.hostname),
+            int(upstream.port or 443),
+            pki.ca_cert,
+            deployment.agent_token(env.state_dir),
         )
         start = time.monotonic()
         for pod in lp.pods.values():
@@ -253,8 +256,10 @@ def _runs(lost: list[int]) -> list[int]:
     return runs
 
 
-def test_nothing_is_left_behind(lab_pods: LabPods) -> None:
+def test_rbac_refused_the_pods_nothing_and_nothing_is_left_behind(lab_pods: LabPods) -> None:
+    refused = lab_pods.env.refused()  # read before `down` removes the audit log
     lab_pods.close()
+    assert refused == [], f"requests of the pods' agents refused by RBAC: {refused}"
     left = lab_pods.docker.run("ps", "-aq", "--filter", f"label={LABEL}").stdout.split()
     assert left == []
     assert lab_pods.env.leftovers() == []

@@ -16,7 +16,8 @@ from typing import IO
 
 import pytest
 
-from raven.lab import apiserver_proc, matrix
+from raven.lab import apiserver_proc, deployment, matrix
+from raven.lab.apiserver.audit import DECISION, REASON, acting_user, read_audit_log
 from raven.lab.topology import Lab, Pod
 
 from ..waiting import wait_for
@@ -68,10 +69,37 @@ class LabEnv:
     def holder(self, pool: str) -> str:
         """The node holding ``pool``'s gateway Lease; empty when none does or it cannot say."""
         res = self.kubectl(
-            "get", "lease", f"raven-gw-{pool}", "-n", "kube-system",
+            "get", "lease", f"raven-gw-{pool}", "-n", deployment.lease_namespace(),
             "-o", "jsonpath={.spec.holderIdentity}",
         )  # fmt: skip
         return res.stdout.strip() if res.returncode == 0 else ""
+
+    def refused(self) -> list[str]:
+        """Every request of the agents' ServiceAccount that the API server refused (403), per
+        the lab's audit log: RBAC in deploy/ lacks a rule some code path needs."""
+        path = self.state_dir / "audit.log"
+        if not path.exists():
+            return []
+        user = deployment.service_account_user()
+        return [
+            f"{e.get('verb')} {e.get('requestURI')}: {(e.get('annotations') or {}).get(REASON)}"
+            for e in read_audit_log(path)
+            if acting_user(e) == user
+            and e.get("stage") == "ResponseComplete"
+            and (
+                (e.get("responseStatus") or {}).get("code") == 403
+                or (e.get("annotations") or {}).get(DECISION) == "forbid"
+            )
+        ]
+
+    def down(self, *, timeout: float = 60) -> None:
+        """Take the lab down, then fail the test naming what is wrong: a request of the agents
+        refused by RBAC while the lab ran, a failed ``down``, or anything left on the host."""
+        refused = self.refused()
+        res = self.raven("down", timeout=timeout)
+        assert res.returncode == 0, res.stderr
+        assert self.leftovers() == []
+        assert refused == [], f"requests of the agents refused by RBAC: {refused}"
 
     def netns(self) -> list[str]:
         try:

@@ -77,9 +77,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         wait_reachable(lab, deadline=90)
         yield Running(env, lab, main_before, rules_before, time.monotonic() - start)
     finally:
-        down = env.raven("down")
-        assert down.returncode == 0, down.stderr
-        assert env.leftovers() == []
+        env.down()
 
 
 def test_every_pod_reaches_every_other_pod_with_1400_byte_unfragmented_pings(running):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import pytest
 
 from raven.lab import agents as lab_agents
-from raven.lab import engine
+from raven.lab import deployment, engine
+from raven.lab.apiserver.audit import read_audit_log, rule_usage
 from raven.lab.topology import Lab, Node, Pod
 
 from .labkit import LabEnv, main_table, make_env, must, ns_exec, wait_for, wait_reachable
@@ -74,9 +75,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         _, lab = engine.load(engine.Settings(state_dir=env.state_dir, prefix=env.prefix))
         yield Running(env, lab, {n.name: main_table(n.netns) for n in lab.nodes})
     finally:
-        down = env.raven("down")
-        assert down.returncode == 0, down.stderr
-        assert env.leftovers() == []
+        env.down()
 
 
 def test_a_gateway_whose_tunnel_died_steps_down_and_another_takes_over(running):
@@ -226,3 +225,24 @@ def test_zz_main_tables_byte_identical_after_every_fault(running):
     # Gateways and the relay moved above; only Raven's own table may have followed.
     for node in running.lab.nodes:
         assert main_table(node.netns) == running.main_at_start[node.name], node.name
+
+
+def test_zz_the_agents_used_every_rbac_rule_and_were_refused_nothing(running):
+    """The lab runs its agents as deploy/'s ServiceAccount, authorized by deploy/'s RBAC: over
+    this module's faults (and one more hand-over, so the test also holds alone) every rule of
+    every Role and ClusterRole was used by some request, and no request was refused."""
+    gw = running.holder("edge-a")
+    restarted = running.env.raven("restart", gw, "--component", "agent")
+    assert restarted.returncode == 0, restarted.stderr
+    wait_for(lambda: running.holder("edge-a") != "", 30, "edge-a to have a gateway again")
+    wait_reachable(running.lab, deadline=40)
+    events = read_audit_log(running.env.state_dir / "audit.log")
+    user = deployment.service_account_user()
+    roles = [o for o in deployment.rbac_objects() if o["kind"] in ("Role", "ClusterRole")]
+    assert roles
+    for role in roles:
+        usage = rule_usage(events, role, user=user)
+        name = f"{role['kind']} {role['metadata']['name']}"
+        assert usage.used, f"{name}: no request used it"
+        assert usage.unused == (), f"{name}: never used: {[str(p) for p in usage.unused]}"
+    assert running.env.refused() == []

@@ -61,9 +61,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         assert matrix.wait_full_matrix(lab, timeout=60) is not None
         yield Running(env, lab)
     finally:
-        down = env.raven("down")
-        assert down.returncode == 0, down.stderr
-        assert env.leftovers() == []
+        env.down()
 
 
 def test_kubectl_describe_gw_lists_the_events_about_that_gateway(running: Running) -> None:

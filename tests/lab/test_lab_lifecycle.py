@@ -214,7 +214,7 @@ def test_up_starts_one_agent_per_node_in_its_namespace_and_down_stops_them(env, 
         words = (adir / "agent.log").read_text().split()
         assert words[words.index("--node-name") + 1] == node["name"]
         # agents talk to the API server through their node's cache proxy
-        assert words[words.index("--kubeconfig") + 1] == str(env.state_dir / "proxy.kubeconfig")
+        assert words[words.index("--kubeconfig") + 1] == str(env.state_dir / "agent.kubeconfig")
         assert words[words.index("--state-dir") + 1] == str(adir)
         wg = words[words.index("--wg-interface") + 1]
         assert len(wg) <= 15 and wg.startswith(env.prefix)

@@ -140,9 +140,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         _, lab = engine.load(engine.Settings(state_dir=env.state_dir, prefix=env.prefix))
         yield Running(env, lab, tmp_path_factory.mktemp("kubectl-home"))
     finally:
-        down = env.raven("down")
-        assert down.returncode == 0, down.stderr
-        assert env.leftovers() == []
+        env.down()
 
 
 def test_every_node_runs_a_cache_proxy_that_its_agent_talks_through(running):

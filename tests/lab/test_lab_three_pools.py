@@ -38,9 +38,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         assert status.returncode == 0, status.stderr
         yield Up(env, res.stdout, json.loads(status.stdout), took)
     finally:
-        down = env.raven("down")
-        assert down.returncode == 0, down.stderr
-        assert env.leftovers() == []
+        env.down()
 
 
 def _pings(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:

@@ -110,9 +110,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         wait_reachable(lab, deadline=90)
         yield Running(env, lab, before)
     finally:
-        down = env.raven("down", timeout=120)
-        assert down.returncode == 0, down.stderr
-        assert env.leftovers() == []
+        env.down(timeout=120)
 
 
 def test_without_raven_the_routed_lan_carries_its_own_pool_but_nothing_across_pools(running):

@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from raven.lab import agents as lab_agents
-from raven.lab import engine, matrix
+from raven.lab import deployment, engine, matrix
 from raven.lab.topology import Lab, Node, Pod
 
 KUBECTL = "/usr/bin/kubectl"
 POOL = "edge-a"  # the pool whose gateway is taken away
 REMOTE_POOL = "edge-b"  # where the ping goes (through the relay)
-LEASE_NAMESPACE = "kube-system"
+LEASE_NAMESPACE = deployment.lease_namespace()  # the lab runs agents with deploy/'s settings
 INTERVAL_S = 0.01
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
