@@ -5,17 +5,25 @@ IP literals, ports, ``host:port`` endpoints, WireGuard public keys and pod CIDRs
 takes any JSON value and either returns a canonical value (so two spellings of one address
 compare equal, and what is sent to ``wg`` is what ``wg show`` prints back) or raises
 :class:`AddressError`, whose text says what is wrong and shows what was given.
+
+An agent reads every Node of the cluster again each time it plans, so the parses of strings
+are remembered (bounded, per process: every simulated agent of a benchmark worker shares
+them). Only accepted values are remembered; a refused one is parsed again, and raises again.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: How many distinct strings each parser remembers (a few per Node of the cluster).
+PARSE_CACHE = 1 << 17
 
 #: The shortest prefix a node's pod CIDR may have, per IP version: wider than this is absurd
 #: for one node (Kubernetes gives each node a /24 or a /64 out of a /16 or a /48).
@@ -51,6 +59,11 @@ def parse_ip(value: object) -> IPAddress:
     """An IP address literal: ASCII, no zone (``%eth0``), no spaces; canonical on return."""
     if not isinstance(value, str) or not value.isascii() or "%" in value:
         raise AddressError(f"not an IP address, got {value!r}")
+    return _ip(value)
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE)
+def _ip(value: str) -> IPAddress:
     try:
         return ipaddress.ip_address(value)
     except ValueError:
@@ -160,6 +173,11 @@ def parse_public_key(value: object) -> str:
     two spellings of one key would be two peers to us and one to WireGuard."""
     if not isinstance(value, str) or not value.isascii():
         raise AddressError(f"not a WireGuard public key (base64 of 32 bytes), got {value!r}")
+    return _public_key(value)
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE)
+def _public_key(value: str) -> str:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -176,6 +194,11 @@ def parse_pod_cidr(value: object) -> IPNetwork:
     than :data:`MIN_POD_PREFIX`, or touches a range in :data:`SPECIAL_RANGES`."""
     if not isinstance(value, str) or not value.isascii() or "/" not in value:
         raise AddressError(f"not a CIDR, got {value!r}")
+    return _pod_cidr(value)
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE)
+def _pod_cidr(value: str) -> IPNetwork:
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:

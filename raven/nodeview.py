@@ -208,7 +208,7 @@ def _read_node(
         lambda v: str(parse_ip(v)), old.probe_address if old else None, broken,
     )  # fmt: skip
     if probe is not None:
-        draft.probe = (_ann(PROBE_ANNOTATION), ipaddress.ip_address(probe))
+        draft.probe = (_ann(PROBE_ANNOTATION), parse_ip(probe))
     draft.old_probe = old.probe_address if old is not None else None
     return draft, []
 

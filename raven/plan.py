@@ -39,13 +39,14 @@ Everything is sorted, so equal input gives equal output regardless of input orde
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from raven.addresses import IPNetwork
+from raven.addresses import PARSE_CACHE, IPNetwork
 from raven.gatewayspec import GatewaySpec, selector_matches
 from raven.model import (
     DesiredState,
@@ -64,8 +65,13 @@ from raven.view import ClusterView, GatewayView, Identity, NodeView
 KEY_FIELD = f"metadata.annotations[{PUBLIC_KEY_ANNOTATION}]"
 
 
+#: ``ipaddress.ip_network`` remembered: the planner meets every pool's CIDRs on every round.
+_net = functools.lru_cache(maxsize=PARSE_CACHE)(ipaddress.ip_network)
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE)
 def _cidr_key(cidr: str) -> tuple[int, int, int]:
-    net = ipaddress.ip_network(cidr)
+    net = _net(cidr)
     return (net.version, int(net.network_address), net.prefixlen)
 
 
@@ -193,7 +199,7 @@ def plan(view: ClusterView, me: Identity) -> DesiredState:
     )
     # Family 6 joins once any pool has accepted IPv6 pod CIDRs, so the rule does not flap.
     families = {4} | {
-        ipaddress.ip_network(c).version for p in facts.pools.values() for c in p.subnets
+        _net(c).version for p in facts.pools.values() for c in p.subnets
     }
     rules = tuple(
         RuleSpec(priority=me.rule_priority, table=me.table, family=f) for f in sorted(families)
@@ -253,7 +259,7 @@ def _protected(
             continue
         for node in other.nodes:
             for cidr in node.pod_cidrs:
-                net = ipaddress.ip_network(cidr)
+                net = _net(cidr)
                 hit = next((p for p in protected if _overlap(net, p)), None)
                 if hit is None:
                     continue
@@ -272,7 +278,7 @@ def _shadowed(facts: Analysis, pool: PoolState, problems: list[Problem]) -> froz
     """Remote pod CIDRs the pool must not route because they overlap a CIDR that one of its own
     nodes claims but lost to them (raven.view): that node's pods may still live there, and
     intra-pool traffic never meets Raven state."""
-    claims = [(n, ipaddress.ip_network(c)) for n in pool.nodes for c in n.clashing_cidrs]
+    claims = [(n, _net(c)) for n in pool.nodes for c in n.clashing_cidrs]
     if not claims:
         return frozenset()
     refused = set()
@@ -281,7 +287,7 @@ def _shadowed(facts: Analysis, pool: PoolState, problems: list[Problem]) -> froz
             continue
         for node in other.nodes:
             for cidr in node.pod_cidrs:
-                net = ipaddress.ip_network(cidr)
+                net = _net(cidr)
                 hit = next(((n, c) for n, c in claims if _overlap(net, c)), None)
                 if hit is None:
                     continue

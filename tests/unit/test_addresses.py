@@ -137,3 +137,15 @@ def test_a_peer_says_which_endpoint_needs_resolving() -> None:
     assert PeerSpec("k", endpoint="relay.example:4500").endpoint_hostname == "relay.example"
     assert PeerSpec("k", endpoint="198.18.0.1:1").endpoint_hostname is None
     assert PeerSpec("k").endpoint_hostname is None
+
+
+def test_remembered_parses_answer_as_the_first_and_refusals_are_never_remembered() -> None:
+    for parse, good, bad in (
+        (parse_ip, "10.1.2.3", "10.1.2.300"),
+        (parse_pod_cidr, "10.244.1.7/24", "0.0.0.0/0"),
+    ):
+        assert parse(good) == parse(good)
+        for _ in range(2):
+            with pytest.raises(AddressError):
+                parse(bad)
+    assert str(parse_pod_cidr("10.244.1.7/24")) == "10.244.1.0/24"
