@@ -112,3 +112,15 @@ def test_the_arithmetic_follows_the_watch_scopes() -> None:
     assert figures["goals"]["pool_writes_met"] is True
     assert figures["fits"]["cpu_at_target"] == pytest.approx(0.1 + 0.0001 * 20000)
     assert figures["fits"]["rss_at_target"] == pytest.approx(2 + 0.001 * 20000)
+
+
+def test_a_churning_phase_is_printed_but_never_compared_or_extrapolated() -> None:
+    small = _phase(10, 0.125, 1 / 60, {"member": 0.3})
+    churning = _phase(50, 0.2, 1 / 60, {"member": 0.1}) | {
+        "steady_after_window": "pool cloud has 0 gateways", "window_preemptions": 10,
+    }  # fmt: skip
+    figures = scalereport.summary([small, churning], cores=2, took_s=1.0)
+    assert [p["held"] for p in figures["phases"]] == [True, False]
+    assert figures["projection"]["from"] == "beacons 10x10"
+    assert "events_per_node_growth" not in figures["comparisons"]
+    assert figures["goals"]["member_events_per_added_pool"] is None
