@@ -11,6 +11,7 @@ would be on a cluster, and shows in the audit log (``STATE/audit.log``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ def rbac_objects(deploy_dir: Path = DEPLOY_DIR) -> list[Obj]:
     return [doc for name in RBAC_FILES for doc in _documents(deploy_dir / name)]
 
 
+@functools.cache  # read once: tests ask for it while they poll
 def service_account(deploy_dir: Path = DEPLOY_DIR) -> tuple[str, str]:
     """(namespace, name) of the one ServiceAccount the DaemonSet runs as."""
     found = [o for o in rbac_objects(deploy_dir) if o.get("kind") == "ServiceAccount"]
@@ -66,6 +68,7 @@ def settings(deploy_dir: Path = DEPLOY_DIR) -> dict[str, str]:
     raise DeploymentError(f"{deploy_dir / CONFIG_FILE}: no ConfigMap raven-config")
 
 
+@functools.cache  # read once: tests ask for it while they poll
 def lease_namespace(deploy_dir: Path = DEPLOY_DIR) -> str:
     """Where the per-pool Leases live on a cluster, and so in the lab."""
     return settings(deploy_dir)["RAVEN_LEASE_NAMESPACE"]

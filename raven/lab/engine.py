@@ -323,10 +323,9 @@ def _populate_apiserver(lab: Lab, st: LabState, state_dir: Path, result: UpResul
     st.info["crds"] = apiserver_proc.install_crds(kubeconfig, CRD_DIR)
     st.info["rbac"] = deployment.apply(kubeconfig, deployment.rbac_objects())
     st.info["gateways"] = apiserver_proc.create_gateways(lab, kubeconfig)
-    agent_kubeconfig = deployment.issue_agent_kubeconfig(
+    deployment.issue_agent_kubeconfig(
         state_dir, Pki.at(state_dir / "pki"), st.info["api_url"], proxies.PROXY_URL
     )
-    st.info["agent_kubeconfig"] = str(agent_kubeconfig)
     st.save()
 
 

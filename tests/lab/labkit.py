@@ -17,7 +17,7 @@ from typing import IO
 import pytest
 
 from raven.lab import apiserver_proc, deployment, matrix
-from raven.lab.apiserver.audit import DECISION, REASON, acting_user, read_audit_log
+from raven.lab.apiserver import audit
 from raven.lab.topology import Lab, Pod
 
 from ..waiting import wait_for
@@ -80,16 +80,11 @@ class LabEnv:
         path = self.state_dir / "audit.log"
         if not path.exists():
             return []
-        user = deployment.service_account_user()
+        events = audit.refused(audit.read_audit_log(path), deployment.service_account_user())
+        why = audit.REASON
         return [
-            f"{e.get('verb')} {e.get('requestURI')}: {(e.get('annotations') or {}).get(REASON)}"
-            for e in read_audit_log(path)
-            if acting_user(e) == user
-            and e.get("stage") == "ResponseComplete"
-            and (
-                (e.get("responseStatus") or {}).get("code") == 403
-                or (e.get("annotations") or {}).get(DECISION) == "forbid"
-            )
+            f"{e.get('verb')} {e.get('requestURI')}: {(e.get('annotations') or {}).get(why)}"
+            for e in events
         ]
 
     def down(self, *, timeout: float = 60) -> None:

@@ -205,6 +205,27 @@ class RuleUsage:
         ]
 
 
+def requests_of(events: Iterable[Mapping[str, Any]], user: str) -> list[Mapping[str, Any]]:
+    """The last stage of each request ``user`` made (a watch logs two), in order."""
+    seen: dict[str, Mapping[str, Any]] = {}
+    for event in events:
+        if acting_user(event) == user:
+            seen[str(event.get("auditID"))] = event
+    return list(seen.values())
+
+
+def is_refused(event: Mapping[str, Any]) -> bool:
+    """Authorization forbade the request, or it was answered 403 for another reason."""
+    return (event.get("annotations") or {}).get(DECISION) == "forbid" or (
+        event.get("responseStatus") or {}
+    ).get("code") == 403
+
+
+def refused(events: Iterable[Mapping[str, Any]], user: str) -> tuple[dict[str, Any], ...]:
+    """The requests of ``user`` that were refused (:func:`is_refused`)."""
+    return tuple(dict(e) for e in requests_of(events, user) if is_refused(e))
+
+
 def rule_usage(
     events: Iterable[Mapping[str, Any]], role: Mapping[str, Any], *, user: str
 ) -> RuleUsage:
@@ -212,20 +233,14 @@ def rule_usage(
 
     A permission counts as used when some request of ``user`` that was allowed falls under it
     (for a Role, only requests in the Role's namespace). Refused requests are those of
-    ``user`` that authorization forbade.
+    ``user`` that were refused (:func:`is_refused`).
     """
-    seen: dict[str, Mapping[str, Any]] = {}
-    for event in events:
-        if acting_user(event) != user:
-            continue
-        seen[str(event.get("auditID"))] = event  # the last stage of each request
+    requests = requests_of(events, user)
     namespace = None
     if role.get("kind") == "Role":
         namespace = (role.get("metadata") or {}).get("namespace")
     allowed = [
-        request_of(e)
-        for e in seen.values()
-        if (e.get("annotations") or {}).get(DECISION) == "allow"
+        request_of(e) for e in requests if (e.get("annotations") or {}).get(DECISION) == "allow"
     ]
     if namespace is not None:
         allowed = [r for r in allowed if r.namespace == namespace]
@@ -234,7 +249,5 @@ def rule_usage(
     for permission in permissions(role):
         rule = permission.as_rule()
         (used if any(rule_allows(rule, r) for r in allowed) else unused).append(permission)
-    refused = tuple(
-        dict(e) for e in seen.values() if (e.get("annotations") or {}).get(DECISION) == "forbid"
-    )
-    return RuleUsage(tuple(unused), refused, tuple(used))
+    denied = tuple(dict(e) for e in requests if is_refused(e))
+    return RuleUsage(tuple(unused), denied, tuple(used))
