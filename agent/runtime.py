@@ -304,6 +304,7 @@ class Agent:
                 registry=self.metrics.registry,
                 host=self.settings.health_host,
                 port=self.settings.health_port,
+                role=self._role,
             )
             await self.health.start()
         self.beacons = await beacon.BeaconSocket.open(
@@ -528,6 +529,18 @@ class Agent:
         self._retarget(decision)
         self._measure(observed, decision)
         return decision
+
+    def _role(self) -> dict[str, object]:
+        """What ``/role`` says: this node's pool and whether it is the pool's active gateway,
+        as of the last round (the heartbeat relay repeats it to the pool's members)."""
+        view = self.memory.view
+        me = name = self.settings.node_name
+        pool = holder = None
+        if view is not None:
+            mine = next((n for n in view.nodes if n.name == name), None)
+            pool = mine.pool if mine is not None else None
+            holder = view.holders.get(pool) if pool is not None else None
+        return {"node": me, "pool": pool, "gateway": bool(holder) and holder == me}
 
     def _measure(self, observed: Observed, decision: Decision) -> None:
         m, view = self.metrics, self.memory.view

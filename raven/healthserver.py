@@ -4,6 +4,10 @@
 the kubelet restarts a process that hangs; ``/readyz`` answers 200 while ``ready()`` holds, 503
 with the reason otherwise; ``/metrics`` is the Prometheus text of a prometheus-client registry.
 Plain HTTP and no credentials: it says nothing secret, and the kubelet probes it.
+
+A process may also say what it is on ``/role`` (JSON from ``role()``): the agent tells its pool
+and whether it is the pool's active gateway, which the node's heartbeat relay repeats to the
+pool's members so a node cut from the cloud can find the gateway without the API server.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 #: (ok, why): why is shown in the body when not ok.
 Check = Callable[[], tuple[bool, str]]
+#: What ``/role`` answers, as JSON.
+Role = Callable[[], dict[str, Any]]
 
 
 class HealthServer:
@@ -27,8 +33,10 @@ class HealthServer:
         registry: CollectorRegistry,
         host: str = "0.0.0.0",
         port: int = 10262,
+        role: Role | None = None,
     ) -> None:
         self.alive, self.ready, self.registry = alive, ready, registry
+        self.role = role
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
@@ -37,6 +45,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._check(self.alive))
         app.router.add_get("/readyz", self._check(self.ready))
         app.router.add_get("/metrics", self._metrics)
+        if self.role is not None:
+            app.router.add_get("/role", self._role)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -57,6 +67,10 @@ class HealthServer:
             return web.Response(status=200 if ok else 503, text="ok\n" if ok else f"{why}\n")
 
         return handler
+
+    async def _role(self, _: web.Request) -> web.Response:
+        assert self.role is not None
+        return web.json_response(self.role())
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(

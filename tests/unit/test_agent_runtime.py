@@ -399,6 +399,21 @@ async def test_health_readiness_and_metrics_endpoints(fleet: Fleet) -> None:
             return 'raven_pool_holder{pool="edge-a"} 1.0' in texts[-1]
 
         await fleet.until(holder_shown, "the metrics naming edge-a's new holder")
+        # /role says whether this node is its pool's gateway, as the Lease names the holder.
+        roles: list[dict[str, object]] = []
+
+        async def role_follows_the_lease() -> bool:
+            async with http.get(base + "/role") as resp:
+                roles.append(await resp.json())
+            view = member.agent.memory.view
+            holder = view.holders.get("edge-a") if view is not None else None
+            return bool(holder) and roles[-1] == {
+                "node": gw,
+                "pool": "edge-a",
+                "gateway": holder == gw,
+            }
+
+        await fleet.until(role_follows_the_lease, "/role naming edge-a and its gateway")
 
 
 async def test_a_steady_pool_writes_its_lease_once_per_renewal(fleet: Fleet) -> None:
