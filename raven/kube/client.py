@@ -266,9 +266,10 @@ class KubeClient:
     Every method raises only :class:`~raven.kube.errors.KubeError` subclasses.
     """
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, *, user_agent: str = "raven") -> None:
         config.check_transport()
         self.config = config
+        self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._ssl = config.ssl_context()
         self._token: str | None = config.token
@@ -292,7 +293,7 @@ class KubeClient:
                 self._token_read_at = time.monotonic()
             except OSError as e:
                 raise PermanentError(f"cannot read token file {self.config.token_file}") from e
-        headers = {"Accept": "application/json", "User-Agent": "raven"}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if self._token and self.config.server.startswith("https://"):
             headers["Authorization"] = f"Bearer {self._token}"
         if content_type:

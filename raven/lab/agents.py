@@ -10,13 +10,10 @@ ServiceAccount (``STATE/agent.kubeconfig``) with the shared settings of ``deploy
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from pathlib import Path
 
 from raven.lab import deployment, netns
-from raven.lab.state import LabState, is_same_process, stop_process
+from raven.lab.state import LabState
 from raven.lab.topology import Lab, Node
 
 # For processes inside node namespaces that talk to the API server directly (over the Internet
@@ -75,14 +72,4 @@ def stop(st: LabState, node: str, *, grace: float = 5.0) -> bool:
 
 def kill(st: LabState, node: str) -> bool:
     """SIGKILL the recorded agent of ``node``: a crash, so no lease release and no cleanup."""
-    killed = False
-    records = _records(st, node)
-    for record in records:
-        pid = int(record["pid"])
-        if is_same_process(pid, record.get("start_time")):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-            stop_process(pid, record.get("start_time"), grace=1.0)  # reap it
-    st.forget(records)
-    return killed
+    return st.kill(ROLE, node)

@@ -44,11 +44,16 @@ def apiserver_available() -> bool:
 
 
 def make_lab_pki(
-    directory: Path, hosts: list[str], *, extra: Mapping[str, Sequence[str]] | None = None
+    directory: Path,
+    hosts: list[str],
+    *,
+    extra: Mapping[str, Sequence[str]] | None = None,
+    clients: Mapping[str, tuple[str, Sequence[str]]] | None = None,
 ) -> Pki:
     """The lab CA, the API server's certificate for ``hosts`` and the token; ``extra`` names
-    further serving certificates from the same CA (the cache proxies' one for 127.0.0.1)."""
-    return make_pki(directory, hosts, extra=extra)
+    further serving certificates from the same CA (the cache proxies' one for 127.0.0.1),
+    ``clients`` client certificates (every node's identity, ``system:node:<name>``)."""
+    return make_pki(directory, hosts, extra=extra, clients=clients)
 
 
 def start(

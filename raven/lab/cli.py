@@ -1,5 +1,5 @@
-"""``raven lab up | status | down | agents | apiserver | cut | heal | restart``: the command-line
-face of the lab engine."""
+"""``raven lab up | status | down | agents | apiserver | cut | heal | restart | kill``: the
+command-line face of the lab engine."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, engine, faults, matrix, proxies
+from raven.lab import apiserver_proc, engine, faults, matrix, proxies, sidecars
 from raven.lab.state import LabState
 from raven.lab.topology import Lab, TopologyError
 
@@ -170,7 +170,22 @@ def status(
     typer.echo(f"API server: {st.api_url or '-'}")
     cut = ", ".join(f"{c['target']} ({c['scope']})" for c in st.cuts)
     typer.echo(f"cut:        {cut or '-'}")
-    rows = [("KIND", "NAME", "POOL", "NODE", "NETNS", "ADDRESSES", "AGENT", "CACHE-PROXY", "CUT")]
+    rows = [
+        (
+            "KIND",
+            "NAME",
+            "POOL",
+            "NODE",
+            "NETNS",
+            "ADDRESSES",
+            "AGENT",
+            "CACHE-PROXY",
+            "KUBELET",
+            "HEARTBEAT",
+            "CLOUD-PATH",
+            "CUT",
+        )
+    ]
     rows += [
         (
             "node",
@@ -181,12 +196,16 @@ def status(
             ",".join(n["addresses"]),
             _proc(n["agent"]),
             _proc(n["cacheProxy"]),
+            _proc(n["kubelet"]),
+            _proc(n["heartbeat"]),
+            n["cloudPath"] or "-",
             "cut" if n["cut"] else "",
         )
         for n in st.nodes
     ]
+    blank = ("",) * 6
     rows += [
-        ("pod", p["name"], p["pool"], p["node"], p["netns"], ",".join(p["addresses"]), "", "", "")
+        ("pod", p["name"], p["pool"], p["node"], p["netns"], ",".join(p["addresses"]), *blank)
         for p in st.pods
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -233,7 +252,7 @@ def agents(
         # yet (after `up --no-agents`) start first.
         try:
             started = engine.start_agents(settings, names)
-        except (engine.LabError, proxies.ProxyError, RuntimeError) as e:
+        except (engine.LabError, proxies.ProxyError, sidecars.SidecarError, RuntimeError) as e:
             _fail(e, 1)
         for name, pid in started:
             typer.echo(f"{action}ed agent of {name} (pid {pid})")
@@ -308,15 +327,42 @@ def heal(target: Target, state_dir: StateDir = None, prefix: Prefix = None) -> N
 
 
 @app.command()
-def restart(
-    node: Annotated[str, typer.Argument(help="The node whose process to restart.")],
+def kill(
+    node: Annotated[str, typer.Argument(help="The node whose process to kill.")],
     component: Annotated[
-        str, typer.Option("--component", "-c", help="agent or cache-proxy")
+        str, typer.Option("--component", "-c", help="agent, cache-proxy, kubelet or heartbeat")
     ] = "agent",
     state_dir: StateDir = None,
     prefix: Prefix = None,
 ) -> None:
-    """Restart one process of a node: its agent or its cache proxy.
+    """SIGKILL one process of a node, as a crash: nothing of its own clean-up runs.
+
+    `raven lab restart NODE --component ...` starts it again.
+    """
+    if component not in engine.COMPONENTS:
+        _fail(f"--component {component!r}: expected {' or '.join(engine.COMPONENTS)}", 2)
+    settings = _settings(state_dir, prefix)
+    _, lab = _load(settings)
+    _require_nodes(lab, [node])
+    try:
+        killed = engine.kill(settings, node, component)
+    except engine.LabError as e:
+        _fail(e, 1)
+    typer.echo(
+        f"killed {component} of {node}" if killed else f"{component} of {node} was not running"
+    )
+
+
+@app.command()
+def restart(
+    node: Annotated[str, typer.Argument(help="The node whose process to restart.")],
+    component: Annotated[
+        str, typer.Option("--component", "-c", help="agent, cache-proxy, kubelet or heartbeat")
+    ] = "agent",
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Restart one process of a node: its agent, cache proxy, kubelet stand-in or heartbeat.
 
     The agent gets SIGTERM (it releases its lease), the proxy keeps its cache on disk.
 
@@ -329,7 +375,7 @@ def restart(
     _require_nodes(lab, [node])
     try:
         pid, was_running = engine.restart(settings, node, component)
-    except (engine.LabError, proxies.ProxyError, RuntimeError) as e:
+    except (engine.LabError, proxies.ProxyError, sidecars.SidecarError, RuntimeError) as e:
         _fail(e, 1)
     verb = "restarted" if was_running else "started (it was not running)"
     typer.echo(f"{verb} {component} of {node} (pid {pid})")

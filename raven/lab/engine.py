@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, deployment, faults, netns, proxies
+from raven.lab import apiserver_proc, deployment, faults, netns, proxies, sidecars
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
-from raven.lab.apiserver.pki import Pki
+from raven.lab.apiserver.pki import Pki, node_clients
 from raven.lab.state import LabState, proc_start_time, stop_processes
 from raven.lab.topology import (
     API_PORT_IF,
@@ -49,9 +49,11 @@ WG_SOCKET_DIR = Path("/var/run/wireguard")
 HOST_KUBECONFIG = "kubeconfig"  # for the operator on the host (API server's host-link address)
 NODE_KUBECONFIG = lab_agents.NODE_KUBECONFIG  # node namespaces reach the API server directly
 PROXY_KUBECONFIG = proxies.PROXY_KUBECONFIG  # admin, through a node's cache proxy on 127.0.0.1
-COMPONENTS = ("agent", "cache-proxy")  # what `raven lab restart NODE --component` restarts
-# Order in which `down` stops processes: agents still talk to their proxies as they stop.
-STOP_ORDER = ("agent", proxies.ROLE, "apiserver")
+# what `raven lab restart|kill NODE --component` operates
+COMPONENTS = ("agent", "cache-proxy", sidecars.KUBELET, sidecars.HEARTBEAT)
+# Order in which `down` stops processes: agents, heartbeats and kubelets still talk to their
+# proxies as they stop.
+STOP_ORDER = ("agent", sidecars.HEARTBEAT, sidecars.KUBELET, proxies.ROLE, "apiserver")
 # Files and directories the lab writes in its state dir; `down` removes exactly these.
 STATE_ENTRIES = (
     "lab.json",
@@ -62,6 +64,7 @@ STATE_ENTRIES = (
     "audit.log",
     "agents",
     "proxies",
+    "nodes",
     HOST_KUBECONFIG,
     NODE_KUBECONFIG,
     PROXY_KUBECONFIG,
@@ -191,6 +194,8 @@ def up(
                 _launch_proxies(lab, st, state_dir)
             _populate_apiserver(lab, st, state_dir, result)
         if agents:
+            if apiserver:
+                _start_node_identities(lab, st, state_dir)
             result.agents = _start_agents(lab, st, state_dir, proxied=apiserver)
     except BaseException:
         # Roll back, so a failed `up` leaves nothing behind (a crash that skips this is
@@ -296,6 +301,7 @@ def _start_apiserver(
         state_dir / "pki",
         [str(lab.api_ip), api_host_ip, "localhost"],
         extra={proxies.CERT_NAME: list(proxies.CERT_HOSTS)},
+        clients=node_clients(n.name for n in _own_nodes(lab, st)),
     )
     host_url = f"https://{api_host_ip}:{lab.api_port}"
     node_url = f"https://{lab.api_ip}:{lab.api_port}"
@@ -385,6 +391,19 @@ def _launch_proxies(lab: Lab, st: LabState, state_dir: Path) -> None:
         proxies.start(st, state_dir, node, st.info["api_node_url"])
 
 
+def _start_node_identities(lab: Lab, st: LabState, state_dir: Path) -> None:
+    """Every own node's kubelet stand-in and heartbeat, once its proxy listens: they act as the
+    node (its client certificate) through it."""
+    nodes = _own_nodes(lab, st)
+    names = [n.name for n in nodes]
+    proxies.wait_ready(st, names)
+    for role in (sidecars.KUBELET, sidecars.HEARTBEAT):
+        for node in nodes:
+            sidecars.start(st, state_dir, role, node, st.info["api_node_url"])
+    for role in (sidecars.KUBELET, sidecars.HEARTBEAT):
+        sidecars.wait_ready(st, role, names)
+
+
 def _start_agents(lab: Lab, st: LabState, state_dir: Path, *, proxied: bool) -> list[str]:
     nodes = _own_nodes(lab, st)
     names = [n.name for n in nodes]
@@ -432,11 +451,30 @@ def restart(settings: Settings, node: str, component: str) -> tuple[int, bool]:
         was = lab_agents.stop(st, node)
         return lab_agents.start(lab, st, settings.state_dir, by_name[node], agent_executable()), was
     if not st.info.get("api_node_url"):
-        raise LabError("the lab has no API server, so there is nothing to proxy")
+        raise LabError(f"the lab has no API server, so there is no {component} to run")
+    if component in sidecars.ROLES:
+        was = sidecars.stop(st, component, node)
+        pid = sidecars.start(
+            st, settings.state_dir, component, by_name[node], st.info["api_node_url"]
+        )
+        sidecars.wait_ready(st, component, [node])
+        return pid, was
     was = proxies.stop(st, node)
     pid = proxies.start(st, settings.state_dir, by_name[node], st.info["api_node_url"])
     proxies.wait_ready(st, [node])
     return pid, was
+
+
+def kill(settings: Settings, node: str, component: str) -> bool:
+    """SIGKILL one process of ``node`` (a crash: nothing of its own clean-up runs). True when
+    it was running."""
+    if component not in COMPONENTS:
+        raise LabError(f"component {component!r}: expected {' or '.join(COMPONENTS)}")
+    st, lab = load(settings)
+    if node not in {n.name for n in lab.nodes}:
+        raise LabError(f"no such lab node: {node}")
+    _refuse_external(st, [node])
+    return st.kill(component, node)
 
 
 def down(settings: Settings, *, log: Any = print) -> list[str]:
@@ -578,6 +616,11 @@ def status(settings: Settings) -> Status:
             "present": n.netns in present,
             "agent": _process_status(st, "agent", n.name),
             "cacheProxy": _process_status(st, proxies.ROLE, n.name),
+            "kubelet": _process_status(st, sidecars.KUBELET, n.name),
+            "heartbeat": _process_status(st, sidecars.HEARTBEAT, n.name),
+            "cloudPath": sidecars.cloud_path(settings.state_dir, n.name)
+            if st.processes(sidecars.HEARTBEAT, n.name)
+            else None,
             "cut": n.name in cut,
         }
         for n in lab.nodes

@@ -4,7 +4,10 @@ Each node runs its own proxy, as a sibling of its agent: it listens on 127.0.0.1
 node's namespace, serves HTTPS with the lab CA's certificate for 127.0.0.1, forwards to the API
 server's Internet address and keeps its cache in ``STATE/proxies/<node>/cache``, which survives a
 restart of the proxy. Since every proxy has the same loopback address in its own namespace, one
-kubeconfig (``STATE/proxy.kubeconfig``) serves every node's agent. Proxies are recorded in the
+kubeconfig (``STATE/proxy.kubeconfig``) serves every node's agent. It also holds its node's
+client certificate (``--node-cert``), which it presents upstream for the node's kubelet and
+heartbeat, and follows the cloud path the heartbeat decides (``--path-file``, see
+:mod:`raven.lab.sidecars`). Proxies are recorded in the
 lab state like agents (role ``cache-proxy``), so ``down`` stops them by PID.
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from raven.lab import netns
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
-from raven.lab.apiserver.pki import Pki
+from raven.lab.apiserver.pki import Pki, node_client_name
 from raven.lab.state import LabState
 from raven.lab.topology import Lab, Node
 
@@ -81,6 +84,10 @@ def start(st: LabState, state_dir: Path, node: Node, upstream: str) -> int:
         "--tls-key",
         str(key),
     ]
+    node_cert, node_key = pki.extra_pair(node_client_name(node.name))
+    if node_cert.exists():  # the node's identity, for its kubelet and heartbeat
+        argv += ["--node-cert", str(node_cert), "--node-key", str(node_key)]
+        argv += ["--path-file", str(state_dir / "nodes" / node.name / "cloud-path.json")]
     offset = log_file.stat().st_size if log_file.exists() else 0
     pid = st.spawn(
         ROLE,

@@ -6,6 +6,7 @@ crashed half-way. Processes are recorded with their start time, so a recycled PI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -113,6 +114,21 @@ class LabState:
             stopped |= stop_process(int(record["pid"]), record.get("start_time"), grace=grace)
         self.forget(records)
         return stopped
+
+    def kill(self, role: str, name: str) -> bool:
+        """SIGKILL the recorded ``role`` process of ``name`` (a crash: no clean-up of its own)
+        and forget it. True when one was running."""
+        killed = False
+        records = self.processes(role, name)
+        for record in records:
+            pid = int(record["pid"])
+            if is_same_process(pid, record.get("start_time")):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+                stop_process(pid, record.get("start_time"), grace=1.0)  # reap it
+        self.forget(records)
+        return killed
 
     @classmethod
     def load(cls, state_dir: Path) -> LabState | None:

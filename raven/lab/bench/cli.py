@@ -105,6 +105,26 @@ def failover(
          lease_renew=lease_renew, lease_retry=lease_retry, verbose=verbose)
 
 
+@app.command()
+def heartbeat(
+    output: Output = "text",
+    cut_seconds: Annotated[
+        float, typer.Option(help="How long the edge-a member stays cut from the cloud.")
+    ] = 180.0,
+    sample: Annotated[float, typer.Option(help="Seconds between two samples of its Lease.")] = 0.5,
+    prefix: Annotated[
+        str | None, typer.Option(help="Lab prefix for the bench's own lab (default: hb<pid>).")
+    ] = None,
+    state_dir: Annotated[
+        str | None, typer.Option(help="State dir of the bench's lab (default: a temp dir).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
+) -> None:
+    """Cut an edge-a member from the cloud: heartbeat through the gateway, Lease ages, writes."""
+    _run("heartbeat", output, cut_seconds=cut_seconds, sample_s=sample, prefix=prefix,
+         state_dir=state_dir, verbose=verbose)
+
+
 @app.command("cache-proxy")
 def cache_proxy(
     output: Output = "text",

@@ -1,0 +1,370 @@
+"""Edge autonomy, part 2, in the default lab: a node that lost its own uplink keeps its heartbeat.
+
+Every node runs a kubelet stand-in (renewing ``kube-node-lease/<node>`` as the node, through
+its cache-proxy) and ``raven-heartbeat``; the lab API server runs the node-lifecycle controller
+with kube-controller-manager's 40 s grace. One lab for the module, the cases in order:
+
+1. every node renews its own Lease with its own identity, and its cloud path is direct;
+2. for three minutes an edge-a member is cut (its LAN works): it never goes ``Unknown`` nor
+   gets the unreachable taint, its Lease says it is delegated and through whom, and when the
+   edge-a gateway is killed during the cut it follows the new one; its agent keeps following the
+   cluster (it re-routes to the new gateway). At the same time in edge-b: its gateway node is
+   cut (another takes over and relays the old one's heartbeat), and a cut node whose kubelet
+   was killed goes ``Unknown`` after 40 s, as it must. Heal: the annotations go within a probe
+   interval. Pods of both pools ping each other throughout without losing a packet;
+3. the relay's refusals, in the real topology: a source that is not a member, a destination that
+   is not the API server, a member whose own path is down; a node cannot touch another's Lease
+   through the relay;
+4. a whole pool cut: nobody can vouch, every node of it goes ``Unknown`` after 40 s;
+5. no private key or token in any log of the lab or any object of the API server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raven.lab import deployment, engine
+from raven.lab.bench.heartbeat import DELEGATE, VIA, Sampler, parse_time
+from raven.lab.topology import Lab, Node, Pod
+
+from .labkit import KUBECTL, LabEnv, make_env, ns_exec, up_args, wait_for, wait_reachable
+from .steady import SteadyPing
+
+pytestmark = pytest.mark.root
+
+GRACE = 40.0  # the node-lifecycle controller's grace
+PERIOD = 5.0  # ... and how often it looks
+PROBE_INTERVAL = 2.0  # raven-heartbeat's default
+RELAY_PORT = 10263
+CUT_SECONDS = 180.0
+TABLE = "9027"
+
+
+@dataclass
+class Running:
+    env: LabEnv
+    lab: Lab
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.lab.nodes if n.name == name)
+
+    def pod_of(self, node: str) -> Pod:
+        return next(p for p in self.lab.pods if p.node == node)
+
+    def members(self, pool: str) -> list[str]:
+        return sorted(n.name for n in self.lab.nodes if n.pool == pool)
+
+    def ok(self, *args: str, timeout: float = 60) -> str:
+        res = self.env.raven(*args, timeout=timeout)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        return res.stdout
+
+    def status(self) -> dict:
+        return dict(json.loads(self.ok("status", "-o", "json")))
+
+    def lease(self, node: str) -> dict:
+        res = self.env.kubectl("get", "lease", node, "-n", "kube-node-lease", "-o", "json")
+        assert res.returncode == 0, res.stderr
+        return dict(json.loads(res.stdout))
+
+    def annotations(self, node: str) -> dict[str, str]:
+        return dict(self.lease(node)["metadata"].get("annotations") or {})
+
+    def node_obj(self, node: str) -> dict:
+        res = self.env.kubectl("get", "node", node, "-o", "json")
+        assert res.returncode == 0, res.stderr
+        return dict(json.loads(res.stdout))
+
+    def ready(self, node: str) -> str:
+        conds = self.node_obj(node)["status"].get("conditions") or []
+        return next((c["status"] for c in conds if c["type"] == "Ready"), "")
+
+    def unreachable(self, node: str) -> bool:
+        taints = self.node_obj(node)["spec"].get("taints") or []
+        return any(t["key"] == "node.kubernetes.io/unreachable" for t in taints)
+
+    def holder(self, pool: str) -> str:
+        return self.env.holder(pool)
+
+    def cloud_path(self, node: str) -> str:
+        return next(n["cloudPath"] for n in self.status()["nodes"] if n["name"] == node)
+
+    def identity_kubectl(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """kubectl inside ``node``'s namespace as the node itself, through its cache-proxy."""
+        kubeconfig = self.env.state_dir / "nodes" / node / "identity.kubeconfig"
+        return subprocess.run(
+            ["ip", "netns", "exec", self.node(node).netns, KUBECTL, "--kubeconfig",
+             str(kubeconfig), "--request-timeout", "20s", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    env = make_env(tmp_path_factory, "hb")
+    res = env.raven(*up_args(), timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    try:
+        _, lab = engine.load(engine.Settings(state_dir=env.state_dir, prefix=env.prefix))
+        wait_reachable(lab, deadline=120)
+        yield Running(env, lab)
+    finally:
+        env.down()
+
+
+def renewed_within(running: Running, node: str, seconds: float) -> bool:
+    spec = running.lease(node).get("spec") or {}
+    renew = spec.get("renewTime")
+    if not renew:
+        return False
+    return time.time() - parse_time(renew) < seconds
+
+
+def test_1_every_node_renews_its_own_lease_as_itself_and_goes_direct(running: Running) -> None:
+    nodes = [n.name for n in running.lab.nodes]
+    for name in nodes:
+        wait_for(lambda name=name: renewed_within(running, name, 15), 60, f"{name}'s Lease renewed")
+    events = [
+        json.loads(line)
+        for line in (running.env.state_dir / "audit.log").read_text().splitlines()
+        if '"kube-node-lease"' in line and '"update"' in line
+    ]
+    writers = {
+        e["objectRef"]["name"]: e["user"]["username"]
+        for e in events
+        if e.get("stage") == "ResponseComplete" and e["responseStatus"]["code"] == 200
+    }
+    assert writers == {n: f"system:node:{n}" for n in nodes}
+    st = running.status()
+    for n in st["nodes"]:
+        assert n["kubelet"]["running"] and n["heartbeat"]["running"], n
+    wait_for(
+        lambda: all(running.cloud_path(n) == "direct" for n in nodes), 30, "every path direct"
+    )
+    res = running.env.kubectl("get", "nodes")
+    assert res.returncode == 0 and res.stdout.count(" Ready ") == len(nodes), res.stdout
+
+
+def test_2_cut_members_keep_their_heartbeat_through_the_pool_for_three_minutes(
+    running: Running,
+) -> None:
+    env = running.env
+    wait_for(lambda: bool(running.holder("edge-a") and running.holder("edge-b")), 60, "gateways")
+    gw_a, gw_b = running.holder("edge-a"), running.holder("edge-b")
+    victim, third_a = [m for m in running.members("edge-a") if m != gw_a]
+    dead_kubelet, new_gw_b = [m for m in running.members("edge-b") if m != gw_b]
+    watched = (victim, gw_b, dead_kubelet)
+    sampler = Sampler(env.state_dir / "kubeconfig", watched, 1.0).start()
+    pings = [
+        SteadyPing(running.pod_of(victim), running.pod_of(third_a)).start(),
+        SteadyPing(running.pod_of(gw_b), running.pod_of(new_gw_b)).start(),
+    ]
+    cut_at = time.time()
+    try:
+        running.ok("kill", dead_kubelet, "--component", "kubelet")
+        for node in (victim, gw_b, dead_kubelet):
+            running.ok("cut", node)
+
+        # The member: delegated through its gateway, within one detection and a renewal.
+        wait_for(
+            lambda: running.annotations(victim).get(VIA) == gw_a,
+            45,
+            f"{victim}'s Lease delegated via {gw_a}",
+        )
+        assert running.annotations(victim)[DELEGATE] == "true"
+        assert running.cloud_path(victim) == f"via {gw_a}"
+        wait_for(lambda: renewed_within(running, victim, 12), 30, f"{victim} renewed via {gw_a}")
+
+        # edge-b: another node takes over, and relays the old gateway's heartbeat.
+        wait_for(lambda: running.holder("edge-b") == new_gw_b, 60, f"{new_gw_b} holding edge-b")
+        wait_for(
+            lambda: running.annotations(gw_b).get(VIA) == new_gw_b,
+            60,
+            f"{gw_b}'s heartbeat via {new_gw_b}",
+        )
+        # ... and the cut node whose kubelet is dead is not kept alive.
+        wait_for(
+            lambda: running.ready(dead_kubelet) == "Unknown" and running.unreachable(dead_kubelet),
+            GRACE + 2 * PERIOD + 15,
+            f"{dead_kubelet} Unknown and tainted",
+        )
+        assert DELEGATE not in running.annotations(dead_kubelet)
+
+        # The edge-a gateway dies during the cut (its agent and its relay): the member follows
+        # the new gateway without the API server telling it (it asks its pool's relays).
+        running.ok("kill", gw_a, "--component", "agent")
+        running.ok("kill", gw_a, "--component", "heartbeat")
+        wait_for(
+            lambda: running.annotations(victim).get(VIA) == third_a,
+            60,
+            f"{victim}'s heartbeat via {third_a}, the new gateway",
+        )
+        # Its agent still follows the cluster: it routes to the new gateway.
+        wait_for(lambda: running.holder("edge-a") == third_a, 60, f"{third_a} holding edge-a")
+        third_ip = str(running.node(third_a).ip)
+        wait_for(
+            lambda: third_ip
+            in ns_exec(running.node(victim).netns, "ip", "route", "show", "table", TABLE).stdout,
+            60,
+            f"{victim}'s routes through {third_a}",
+        )
+        remaining = CUT_SECONDS - (time.time() - cut_at)
+        if remaining > 0:
+            time.sleep(remaining)
+        for node in (victim, gw_b):
+            assert running.ready(node) == "True" and not running.unreachable(node), node
+    finally:
+        for node in (victim, gw_b, dead_kubelet):
+            env.raven("heal", node)
+        healed_at = time.time()
+    # Back to direct: the annotations go within about one probe interval.
+    for node in (victim, gw_b):
+        wait_for(
+            lambda node=node: DELEGATE not in running.annotations(node),
+            PROBE_INTERVAL + 8,
+            f"{node}'s Lease without the delegation annotations",
+        )
+        wait_for(lambda node=node: running.cloud_path(node) == "direct", 10, f"{node} direct")
+    back = time.time() - healed_at
+    print(f"heal -> both direct without annotations in {back:.1f} s")
+    running.ok("restart", dead_kubelet, "--component", "kubelet")
+    running.ok("restart", gw_a, "--component", "agent")
+    running.ok("restart", gw_a, "--component", "heartbeat")
+    sampler.stop()
+    for ping in pings:
+        ping.stop()
+        ping.assert_lossless()
+    during = [s for s in sampler.samples if cut_at <= s.at <= healed_at]
+    for node in (victim, gw_b):
+        mine = [s for s in during if s.node == node]
+        assert len(mine) > CUT_SECONDS / 2, (node, len(mine))
+        assert all(s.ready == "True" and not s.unreachable for s in mine), node
+        worst = max(s.at - s.renew for s in mine if s.renew is not None)
+        print(f"{node}: largest Lease age seen during the cut {worst:.1f} s (grace {GRACE:.0f} s)")
+        assert worst < GRACE
+    wait_for(
+        lambda: running.ready(dead_kubelet) == "True" and not running.unreachable(dead_kubelet),
+        60,
+        f"{dead_kubelet} Ready again once its kubelet is back",
+    )
+
+
+def relay_get(ns: str, relay_ip: str, path: str = "/relay") -> str:
+    """The HTTP status line of a plain GET to a relay, from namespace ``ns``."""
+    res = ns_exec(
+        ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+        f"http://{relay_ip}:{RELAY_PORT}{path}",
+    )  # fmt: skip
+    return res.stdout.strip()
+
+
+def relay_connect(ns: str, relay_ip: str, target: str) -> str:
+    """The relay's answer to CONNECT ``target`` from namespace ``ns``: curl's proxy code."""
+    res = ns_exec(
+        ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_connect}", "--max-time", "5",
+        "--proxytunnel", "-x", f"http://{relay_ip}:{RELAY_PORT}", "-k", f"https://{target}/healthz",
+    )  # fmt: skip
+    return res.stdout.strip()
+
+
+def test_3_the_relay_serves_members_to_the_api_server_only(running: Running) -> None:
+    members = running.members("edge-a")
+    a, b = running.node(members[0]), running.node(members[1])
+    api = f"{running.lab.api_ip}:{running.lab.api_port}"
+    assert relay_get(a.netns, str(b.ip)) == "200"
+    assert relay_connect(a.netns, str(b.ip), api) == "200"
+    # A pod of the pool is not a member (its address is no Node's).
+    pod = running.pod_of(a.name)
+    assert relay_connect(pod.netns, str(b.ip), api) == "403"
+    assert relay_get(pod.netns, str(b.ip)) == "403"
+    # Any destination but the API server.
+    other = running.node(members[2])
+    assert relay_connect(a.netns, str(b.ip), f"{other.ip}:10262") == "403"
+    # A member whose own path is down relays nothing.
+    running.ok("cut", b.name)
+    try:
+        wait_for(lambda: relay_get(a.netns, str(b.ip)) == "503", 30, f"{b.name}'s relay saying 503")
+        assert relay_connect(a.netns, str(b.ip), api) == "503"
+        # Through the relay, the node is still only itself: another node's Lease is refused.
+        wait_for(lambda: running.cloud_path(b.name).startswith("via "), 45, f"{b.name} delegated")
+        res = running.identity_kubectl(
+            b.name, "annotate", "--overwrite", "lease", a.name, "-n", "kube-node-lease", "x=y"
+        )
+        assert res.returncode != 0 and "forbidden" in res.stderr.lower(), res.stderr
+        res = running.identity_kubectl(
+            b.name, "annotate", "--overwrite", "lease", b.name, "-n", "kube-node-lease", "x=y"
+        )
+        assert res.returncode == 0, res.stderr
+    finally:
+        running.ok("heal", b.name)
+    running.identity_kubectl(b.name, "annotate", "lease", b.name, "-n", "kube-node-lease", "x-")
+    wait_for(lambda: relay_get(a.netns, str(b.ip)) == "200", 30, f"{b.name}'s relay ready again")
+
+
+def test_4_a_whole_pool_cut_goes_unknown_as_it_must(running: Running) -> None:
+    nodes = running.members("edge-b")
+    ping = SteadyPing(running.pod_of(nodes[0]), running.pod_of(nodes[1])).start()
+    running.ok("cut", "edge-b")
+    try:
+        t0 = time.monotonic()
+        wait_for(
+            lambda: all(running.ready(n) == "Unknown" and running.unreachable(n) for n in nodes),
+            GRACE + 2 * PERIOD + 20,
+            "every edge-b node Unknown and tainted",
+        )
+        took = time.monotonic() - t0
+        print(f"edge-b cut: every node Unknown {took:.1f} s after the cut")
+        assert took > GRACE - 12  # not before the grace (renewals are 10 s apart)
+        assert all(DELEGATE not in running.annotations(n) for n in nodes)
+        assert all(running.cloud_path(n) == "none" for n in nodes)
+    finally:
+        running.ok("heal", "edge-b")
+    wait_for(
+        lambda: all(running.ready(n) == "True" and not running.unreachable(n) for n in nodes),
+        60,
+        "edge-b Ready again",
+    )
+    ping.stop()
+    ping.assert_lossless()
+
+
+def secrets_of(state: Path) -> set[str]:
+    """Pieces of every private key the lab made (node identities, serving keys, the signing
+    key) and the tokens (the admin's, the agents' ServiceAccount's)."""
+    needles: set[str] = set()
+    for path in (state / "pki").glob("*.key"):
+        body = "".join(line for line in path.read_text().splitlines() if "-----" not in line)
+        needles.update(body[i : i + 32] for i in range(0, len(body) - 32, 32))
+    needles.add((state / "pki" / "token").read_text().strip())
+    agent = yaml.safe_load((state / deployment.AGENT_KUBECONFIG).read_text())
+    needles.add(agent["users"][0]["user"]["token"])
+    return needles
+
+
+def test_5_no_private_key_or_token_in_a_log_or_an_object(running: Running) -> None:
+    state = running.env.state_dir
+    needles = secrets_of(state)
+    assert len(needles) > 20
+    logs = sorted(state.rglob("*.log"))
+    assert any("heartbeat" in p.name for p in logs) and any("kubelet" in p.name for p in logs)
+    dumps = []
+    for kind in ("nodes", "leases -A", "events -A", "gateways", "configmaps -A", "secrets -A"):
+        out = running.env.kubectl("get", *kind.split(), "-o", "json")
+        assert out.returncode == 0, out.stderr
+        dumps.append(out.stdout)
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert "PRIVATE KEY" not in text, path
+        leaked = [n for n in needles if n in text]
+        assert not leaked, (path, leaked[:1])
+    for dump in dumps:
+        assert "PRIVATE KEY" not in dump
+        assert not [n for n in needles if n in dump]
