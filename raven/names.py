@@ -29,6 +29,16 @@ DEFAULT_LEASE_NAMESPACE = "kube-system"
 #: other nodes can watch just the relay's Gateway (and their own) instead of every pool's.
 RELAY_LABEL = "raven.io/relay"
 
+#: Node heartbeats: the kubelet renews ``kube-node-lease/<node>``. While ``raven-heartbeat``
+#: sends a node's cloud traffic through a pool member, that Lease carries OpenYurt's annotation
+#: (so tools built for OpenYurt understand it) and the relaying node's name.
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+DELEGATE_HEARTBEAT_ANNOTATION = "openyurt.io/delegate-heartbeat"
+HEARTBEAT_VIA_ANNOTATION = "raven.io/heartbeat-via"
+#: OpenYurt's taint for a node whose heartbeat is delegated (``raven-heartbeat
+#: --taint-delegated``, off by default).
+UNSCHEDULABLE_TAINT_KEY = "node.openyurt.io/unschedulable"
+
 
 def lease_name(pool: str) -> str:
     """The name of ``pool``'s Lease."""
