@@ -54,8 +54,10 @@ class Limits:
     max_head: int = 8192  # bytes of request head; a longer one gets 431
     head_timeout: float = 5.0  # seconds to send the whole head; a slower client is dropped
     connect_timeout: float = 5.0  # seconds to connect to the API server
-    max_tunnels: int = 64  # open tunnels in all
-    max_per_source: int = 16  # open tunnels per member (a node's cache-proxy needs a handful)
+    max_tunnels: int = 256  # open tunnels in all
+    # open tunnels per member: every watch of a node's cache-proxy is a connection of its own
+    # (the agent's informers, the heartbeat's, the kubelet's, node components'), so dozens
+    max_per_source: int = 64
 
 
 @dataclass(frozen=True)

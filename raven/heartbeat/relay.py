@@ -1,7 +1,7 @@
 """The gateway side of delegation: an HTTP CONNECT relay to the API server, for the pool's members.
 
 Every node runs it (any member may have to stand in for another), on ``host:port`` (default
-0.0.0.0:10263). Per connection it reads one request head (at most ``Limits.max_head`` bytes within
+0.0.0.0:10264). Per connection it reads one request head (at most ``Limits.max_head`` bytes within
 ``Limits.head_timeout`` seconds), asks :func:`raven.heartbeat.admission.admit` and does what it
 says:
 
@@ -44,7 +44,7 @@ from raven.heartbeat.admission import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 10263
+DEFAULT_PORT = 10264
 LOG_EVERY = 30.0  # seconds between log lines about the same (source, reason)
 CHUNK = 64 * 1024
 REASON_PHRASES = {

@@ -47,6 +47,7 @@ from raven.heartbeat.report import Reporter
 from raven.heartbeat.settings import Settings
 from raven.kube import KubeClient, load_config
 
+USER_AGENT = "raven-heartbeat"
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +97,7 @@ class Heartbeat:
         probes: Probes | None = None,
     ) -> None:
         self.settings = s = settings
-        self.client = client or KubeClient(load_config(s.kubeconfig))
+        self.client = client or KubeClient(load_config(s.kubeconfig), user_agent=USER_AGENT)
         self.probes = probes or Probes(
             ProbeTargets(
                 upstream=s.upstream,
@@ -162,6 +163,8 @@ class Heartbeat:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         await self.start()
+        # One line on stdout once the relay listens, as the cache-proxy prints its own.
+        print(f"raven-heartbeat relay listening on port {self.relay.port}", flush=True)
         log.info(
             "heartbeat node=%s relay=%s:%d path=%s",
             self.settings.node,

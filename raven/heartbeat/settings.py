@@ -33,8 +33,10 @@ class Settings:
     #: to delegate; 1 would flap on a single lost packet).
     fail_after: int = 3
     #: Consecutive successful direct probes that mark it up again: the heal is followed about
-    #: ``interval * recover_after`` after it happens; more rides out a flapping link.
-    recover_after: int = 3
+    #: ``interval * recover_after`` after it happens (within one interval by default, and the
+    #: Lease's delegation marks go with it); more rides out a flapping link, at the price of
+    #: staying on the neighbour's relay that much longer.
+    recover_after: int = 1
     #: Consecutive failed kubelet health checks that make it unhealthy (then no delegation).
     kubelet_fail_after: int = 2
     kubelet_healthz: str = "http://127.0.0.1:10248/healthz"
@@ -42,14 +44,14 @@ class Settings:
     pool_label: str = POOL_LABEL
     #: The relay: every node listens, members of its pool only may use it.
     relay_host: str = "0.0.0.0"
-    relay_port: int = 10263
+    relay_port: int = 10264
     relay_limits: Limits = field(default_factory=Limits)
     #: Seconds to wait for a member's ``/relay`` answer (asked concurrently).
     relay_timeout: float = 1.0
     #: Taint the Node ``node.openyurt.io/unschedulable:NoSchedule`` while delegated.
     taint_delegated: bool = False
     health_host: str = "0.0.0.0"
-    health_port: int = 10264
+    health_port: int = 10265
     #: Seconds between look-ups of the API server's name (when --upstream names a host) for the
     #: relay's allowed destinations.
     resolve_every: float = 60.0

@@ -27,11 +27,14 @@ KUBELET, HEARTBEAT = "kubelet", "heartbeat"
 ROLES = (KUBELET, HEARTBEAT)
 IDENTITY_KUBECONFIG = "identity.kubeconfig"
 PATH_FILE = "cloud-path.json"
-RELAY_PORT = 10263  # raven.heartbeat's default (not imported: it pulls in aiohttp)
-HEARTBEAT_HEALTH_PORT = 10264
+RELAY_PORT = 10264  # raven.heartbeat's default (not imported: it pulls in aiohttp)
+HEARTBEAT_HEALTH_PORT = 10265
 AGENT_HEALTH_PORT = 10262
 KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
-READY_LINES = {KUBELET: b"raven-lab-kubelet healthz on", HEARTBEAT: b"raven-heartbeat"}
+READY_LINES = {
+    KUBELET: b"raven-lab-kubelet healthz on",
+    HEARTBEAT: b"raven-heartbeat relay listening",
+}
 
 
 class SidecarError(RuntimeError):

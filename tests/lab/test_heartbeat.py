@@ -43,7 +43,7 @@ pytestmark = pytest.mark.root
 GRACE = 40.0  # the node-lifecycle controller's grace
 PERIOD = 5.0  # ... and how often it looks
 PROBE_INTERVAL = 2.0  # raven-heartbeat's default
-RELAY_PORT = 10263
+RELAY_PORT = 10264
 CUT_SECONDS = 180.0
 TABLE = "9027"
 
