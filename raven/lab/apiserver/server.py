@@ -44,6 +44,11 @@ Bounds (kube-apiserver's defaults unless said otherwise; every one is a test):
 - Events live ``event_ttl`` (1 h, ``--event-ttl``) after their last write, then are deleted;
 - the event history for resuming watches: ``history`` writes (1000).
 
+In the same process runs kube-controller-manager's node-lifecycle controller
+(:mod:`raven.lab.apiserver.lifecycle`): a Node whose ``kube-node-lease`` Lease is not renewed
+for ``node_monitor_grace_period`` (40 s) goes ``Unknown`` and is tainted unreachable, checked
+every ``node_monitor_period`` (5 s).
+
 See :mod:`raven.lab.apiserver.limits` and :mod:`raven.lab.apiserver.watch` for the details.
 """
 
@@ -70,6 +75,11 @@ from raven.lab.apiserver.access import Access
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL, Api
 from raven.lab.apiserver.audit import AuditEntry, AuditLog
 from raven.lab.apiserver.authn import TokenIssuer, UserInfo
+from raven.lab.apiserver.lifecycle import (
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_MONITOR_PERIOD,
+    NodeLifecycle,
+)
 from raven.lab.apiserver.metrics import METRICS_PATH, ApiMetrics
 from raven.lab.apiserver.rbac import forbidden
 from raven.lab.apiserver.requestinfo import RequestInfo, request_info
@@ -110,6 +120,9 @@ class ServerConfig:
     # CA whose client certificates authenticate their CN/O (kube-apiserver's --client-ca-file);
     # None: no client certificates are asked for.
     client_ca: Path | None = None
+    # kube-controller-manager's --node-monitor-period and --node-monitor-grace-period (seconds).
+    node_monitor_period: float = DEFAULT_MONITOR_PERIOD
+    node_monitor_grace_period: float = DEFAULT_GRACE_PERIOD
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -216,6 +229,7 @@ class ApiServer:
         self.metrics = ApiMetrics()
         self._runner: web.AppRunner | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.lifecycle: NodeLifecycle | None = None
         self.port = config.port
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -245,6 +259,12 @@ class ApiServer:
         self.port = server.sockets[0].getsockname()[1]
         log.info("listening on https://%s:%d", self.config.host, self.port)
         self._expiry = asyncio.create_task(self._expire_loop(), name="apiserver-expiry")
+        self.lifecycle = NodeLifecycle(
+            self.api,
+            grace=self.config.node_monitor_grace_period,
+            period=self.config.node_monitor_period,
+        )
+        self.lifecycle.start()
         return self.port
 
     async def _expire_loop(self) -> None:
@@ -261,6 +281,9 @@ class ApiServer:
                 log.debug("expired %d objects", gone)
 
     async def stop(self) -> None:
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
+            self.lifecycle = None
         if self._expiry is not None:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -27,6 +27,7 @@ from kubernetes import client as k8s_client
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL
 from raven.lab.apiserver.audit import RuleUsage, read_audit_log, rule_usage
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
+from raven.lab.apiserver.lifecycle import DEFAULT_GRACE_PERIOD, DEFAULT_MONITOR_PERIOD
 from raven.lab.apiserver.pki import Pki, make_pki, node_client_name, node_clients
 from raven.lab.apiserver.server import ApiServer, ServerConfig
 from raven.lab.apiserver.serviceaccounts import request_token, write_service_account_kubeconfig
@@ -46,6 +47,8 @@ class ApiServerHandle:
     watch_queue_events: int = MAX_QUEUED_EVENTS
     watch_queue_bytes: int = MAX_QUEUED_BYTES
     audit_log: Path | None = None
+    node_monitor_period: float = DEFAULT_MONITOR_PERIOD
+    node_monitor_grace_period: float = DEFAULT_GRACE_PERIOD
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _server: ApiServer | None = field(default=None, repr=False)
@@ -88,6 +91,8 @@ class ApiServerHandle:
             watch_queue_bytes=self.watch_queue_bytes,
             audit_log=self.audit_log,
             client_ca=self.pki.ca_cert,
+            node_monitor_period=self.node_monitor_period,
+            node_monitor_grace_period=self.node_monitor_grace_period,
         )
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -225,13 +230,16 @@ def run_apiserver(
     watch_queue_bytes: int = MAX_QUEUED_BYTES,
     audit_log: Path | None | bool = True,
     nodes: Sequence[str] = (),
+    node_monitor_period: float = DEFAULT_MONITOR_PERIOD,
+    node_monitor_grace_period: float = DEFAULT_GRACE_PERIOD,
 ) -> Iterator[ApiServerHandle]:
     """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``.
 
     The keywords are :class:`raven.lab.apiserver.server.ServerConfig`'s (the bounds on slow
-    watchers, the Events' time to live); ``audit_log`` is a path, True (``state_dir/audit.log``)
-    or False (none). ``nodes`` get client certificates from the lab CA (``system:node:<name>``
-    in ``system:nodes``): :meth:`ApiServerHandle.node_kubeconfig`.
+    watchers, the Events' time to live, the node-lifecycle controller's periods); ``audit_log``
+    is a path, True (``state_dir/audit.log``) or False (none). ``nodes`` get client
+    certificates from the lab CA (``system:node:<name>`` in ``system:nodes``):
+    :meth:`ApiServerHandle.node_kubeconfig`.
     """
     state_dir = Path(state_dir)
     pki_dir = state_dir / "pki"
@@ -253,6 +261,8 @@ def run_apiserver(
         watch_queue_events=watch_queue_events,
         watch_queue_bytes=watch_queue_bytes,
         audit_log=state_dir / "audit.log" if audit_log is True else audit_log or None,
+        node_monitor_period=node_monitor_period,
+        node_monitor_grace_period=node_monitor_grace_period,
     )
     handle.start()
     try:
