@@ -169,8 +169,25 @@ def test_event_ttl_takes_go_durations_or_seconds(text, seconds):
     assert _parser().parse_args([*_REQUIRED, "--event-ttl", text]).event_ttl == seconds
 
 
+def test_node_monitor_periods_default_to_kube_controller_managers():
+    from raven.lab.apiserver.__main__ import _parser
+
+    args = _parser().parse_args(_REQUIRED)
+    assert (args.node_monitor_period, args.node_monitor_grace_period) == (5.0, 40.0)
+    args = _parser().parse_args(
+        [*_REQUIRED, "--node-monitor-period", "500ms", "--node-monitor-grace-period", "1m"]
+    )
+    assert (args.node_monitor_period, args.node_monitor_grace_period) == (0.5, 60.0)
+
+
 @pytest.mark.parametrize(
-    "flags", [["--event-ttl", "soon"], ["--event-ttl", "0"], ["--watch-queue-events", "0"]]
+    "flags",
+    [
+        ["--event-ttl", "soon"],
+        ["--event-ttl", "0"],
+        ["--watch-queue-events", "0"],
+        ["--node-monitor-grace-period", "0s"],
+    ],
 )
 def test_bad_bounds_are_refused_by_name(flags, capsys):
     from raven.lab.apiserver.__main__ import _parser

@@ -3,11 +3,20 @@
     python -m raven.lab.apiserver --state-dir DIR --listen HOST:PORT --cert FILE --key FILE \
         --token-file FILE [--history N] [--event-ttl 1h] [--watch-queue-events N] \
         [--watch-queue-bytes N] [--audit-log-path FILE] \
-        [--service-account-signing-key-file FILE] [--log-level debug]
+        [--service-account-signing-key-file FILE] [--client-ca-file FILE] \
+        [--node-monitor-period 5s] [--node-monitor-grace-period 40s] [--log-level debug]
 
 The token in --token-file is the admin's (group system:masters). Service-account tokens come from
-the TokenRequest API (``kubectl create token SA -n NS``); every other request is authorized by
+the TokenRequest API (``kubectl create token SA -n NS``). With --client-ca-file, a client
+certificate signed by that CA authenticates as its CN in the groups of its O values (a node's:
+system:node:NAME in system:nodes). Every other request is authorized by
 RBAC from the stored Roles, ClusterRoles and bindings.
+
+The node-lifecycle controller of kube-controller-manager runs in the same process: a Node whose
+kube-node-lease Lease is not renewed for --node-monitor-grace-period (40s) goes Unknown and is
+tainted node.kubernetes.io/unreachable (NoExecute, NoSchedule), checked every
+--node-monitor-period (5s); the taints go when the Lease is renewed and the node reports Ready.
+Nodes without a Lease are left alone.
 
 One log line per request at debug level; quiet (warnings only) by default.
 """
@@ -23,6 +32,7 @@ import sys
 from pathlib import Path
 
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL
+from raven.lab.apiserver.lifecycle import DEFAULT_GRACE_PERIOD, DEFAULT_MONITOR_PERIOD
 from raven.lab.apiserver.server import ApiServer, ServerConfig
 from raven.lab.apiserver.store import StateInUse
 from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS
@@ -124,6 +134,27 @@ def _parser() -> argparse.ArgumentParser:
         "on first start)",
     )
     p.add_argument(
+        "--client-ca-file",
+        type=Path,
+        default=None,
+        help="CA (PEM) whose client certificates authenticate as their CN in the groups of their "
+        "O values, as kube-apiserver's flag (default: no client certificates)",
+    )
+    p.add_argument(
+        "--node-monitor-period",
+        type=_duration,
+        default=DEFAULT_MONITOR_PERIOD,
+        help="how often node heartbeats (Leases) are checked (default 5s, as "
+        "kube-controller-manager)",
+    )
+    p.add_argument(
+        "--node-monitor-grace-period",
+        type=_duration,
+        default=DEFAULT_GRACE_PERIOD,
+        help="how long a node's Lease may go unrenewed before the node is Unknown and tainted "
+        "unreachable (default 40s, as kube-controller-manager)",
+    )
+    p.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
@@ -156,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.cert, "--cert"),
         (args.key, "--key"),
         (args.token_file, "--token-file"),
+        *([(args.client_ca_file, "--client-ca-file")] if args.client_ca_file else []),
     ):
         if not path.is_file():
             print(f"raven.lab.apiserver: {what} {path} does not exist", file=sys.stderr)
@@ -185,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         watch_queue_bytes=args.watch_queue_bytes,
         audit_log=args.audit_log_path,
         service_account_key=args.service_account_signing_key_file,
+        client_ca=args.client_ca_file,
+        node_monitor_period=args.node_monitor_period,
+        node_monitor_grace_period=args.node_monitor_grace_period,
     )
     try:
         asyncio.run(_run(config))

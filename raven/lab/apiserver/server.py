@@ -9,15 +9,22 @@ status subresource, ``serviceaccounts/<name>/token`` for TokenRequest. All verbs
 Every request but a health check (``/healthz``, ``/readyz``, ``/livez``, open to anyone, as the
 lab's readiness probe needs) goes through, in order:
 
-1. authentication (:mod:`raven.lab.apiserver.authn`): the admin token is ``raven-lab-admin`` in
-   ``system:masters``; a service-account token from the TokenRequest API is
-   ``system:serviceaccount:<ns>:<name>``; anything else, or nothing, is 401;
+1. authentication (:mod:`raven.lab.apiserver.authn`): with ``client_ca`` set (``--client-ca-file``)
+   the listener asks for a client certificate (optional) and verifies it against that CA during
+   the handshake (one that does not verify ends the handshake); a verified certificate is the user
+   in its CN with its O values as groups (a node: ``system:node:<name>`` in ``system:nodes``).
+   Otherwise the admin token is ``raven-lab-admin`` in ``system:masters``; a service-account
+   token from the TokenRequest API is ``system:serviceaccount:<ns>:<name>``; anything else, or
+   nothing, is 401;
 2. impersonation (``Impersonate-User``/``-Group``/``-Uid``/``-Extra-*``, ``kubectl --as``), if
    the caller may ``impersonate`` those users, service accounts and groups;
-3. authorization: ``system:masters`` may do anything; everyone else gets what RBAC from the
-   stored Roles, ClusterRoles and bindings grants (:mod:`raven.lab.apiserver.rbac`) and 403 with
-   kube-apiserver's message for the rest. The default ClusterRoles let any authenticated user
-   read discovery, /version, /openapi and review its own access;
+3. authorization: ``system:masters`` may do anything; a node gets what kube-apiserver's Node
+   authorizer gives a kubelet (:mod:`raven.lab.apiserver.nodeauthz`); everyone (a node too) gets
+   what RBAC from the stored Roles, ClusterRoles and bindings grants
+   (:mod:`raven.lab.apiserver.rbac`) and 403 with kube-apiserver's message for the rest. The
+   default ClusterRoles let any authenticated user read discovery, /version, /openapi and review
+   its own access. Then admission: NodeRestriction keeps a node's writes to its own Node and its
+   own ``kube-node-lease`` Lease (403 otherwise; on create, the name in the body counts);
 4. the audit log (:mod:`raven.lab.apiserver.audit`), when configured: one line per request.
 
 Bounds (kube-apiserver's defaults unless said otherwise; every one is a test):
@@ -36,6 +43,11 @@ Bounds (kube-apiserver's defaults unless said otherwise; every one is a test):
   client blocked mid-write gets a TCP reset) and the client resumes from its last version;
 - Events live ``event_ttl`` (1 h, ``--event-ttl``) after their last write, then are deleted;
 - the event history for resuming watches: ``history`` writes (1000).
+
+In the same process runs kube-controller-manager's node-lifecycle controller
+(:mod:`raven.lab.apiserver.lifecycle`): a Node whose ``kube-node-lease`` Lease is not renewed
+for ``node_monitor_grace_period`` (40 s) goes ``Unknown`` and is tainted unreachable, checked
+every ``node_monitor_period`` (5 s).
 
 See :mod:`raven.lab.apiserver.limits` and :mod:`raven.lab.apiserver.watch` for the details.
 """
@@ -63,6 +75,11 @@ from raven.lab.apiserver.access import Access
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL, Api
 from raven.lab.apiserver.audit import AuditEntry, AuditLog
 from raven.lab.apiserver.authn import TokenIssuer, UserInfo
+from raven.lab.apiserver.lifecycle import (
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_MONITOR_PERIOD,
+    NodeLifecycle,
+)
 from raven.lab.apiserver.metrics import METRICS_PATH, ApiMetrics
 from raven.lab.apiserver.rbac import forbidden
 from raven.lab.apiserver.requestinfo import RequestInfo, request_info
@@ -100,6 +117,12 @@ class ServerConfig:
     audit_log: Path | None = None
     # The key service-account tokens are signed with (default: STATE/sa-signing.key, made once).
     service_account_key: Path | None = None
+    # CA whose client certificates authenticate their CN/O (kube-apiserver's --client-ca-file);
+    # None: no client certificates are asked for.
+    client_ca: Path | None = None
+    # kube-controller-manager's --node-monitor-period and --node-monitor-grace-period (seconds).
+    node_monitor_period: float = DEFAULT_MONITOR_PERIOD
+    node_monitor_grace_period: float = DEFAULT_GRACE_PERIOD
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -151,6 +174,22 @@ def _reset(transport: asyncio.BaseTransport) -> None:
     cast(asyncio.Transport, transport).abort()
 
 
+def _peer_certificate(request: web.Request) -> bytes | None:
+    """The client's certificate (DER), which the handshake verified, if it sent one."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    return cast(ssl.SSLObject, ssl_object).getpeercert(binary_form=True)
+
+
+def _name_in(body: Any) -> str:
+    """``metadata.name`` of a request body, or "" (a body without one, or not an object)."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 def _truthy(value: str | None) -> bool:
     return value in ("true", "1", "True")
 
@@ -190,6 +229,7 @@ class ApiServer:
         self.metrics = ApiMetrics()
         self._runner: web.AppRunner | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.lifecycle: NodeLifecycle | None = None
         self.port = config.port
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -202,6 +242,10 @@ class ApiServer:
         await self._runner.setup()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(self.config.cert), str(self.config.key))
+        if self.config.client_ca is not None:
+            # Only this CA: nothing from the system's trust store may name a user here.
+            ctx.load_verify_locations(cafile=str(self.config.client_ca))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         site = web.TCPSite(
             self._runner,
             self.config.host,
@@ -215,6 +259,12 @@ class ApiServer:
         self.port = server.sockets[0].getsockname()[1]
         log.info("listening on https://%s:%d", self.config.host, self.port)
         self._expiry = asyncio.create_task(self._expire_loop(), name="apiserver-expiry")
+        self.lifecycle = NodeLifecycle(
+            self.api,
+            grace=self.config.node_monitor_grace_period,
+            period=self.config.node_monitor_period,
+        )
+        self.lifecycle.start()
         return self.port
 
     async def _expire_loop(self) -> None:
@@ -231,6 +281,9 @@ class ApiServer:
                 log.debug("expired %d objects", gone)
 
     async def stop(self) -> None:
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
+            self.lifecycle = None
         if self._expiry is not None:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -297,7 +350,7 @@ class ApiServer:
         path = request.path.rstrip("/") or "/"
         if path in HEALTH_PATHS or path.split("/")[1:2] in (["healthz"], ["readyz"], ["livez"]):
             return web.Response(text="ok")
-        user = entry.user = self.access.authenticate(request.headers)
+        user = entry.user = self.access.authenticate(request.headers, _peer_certificate(request))
         try:
             acting = self.access.impersonate(request.headers, user)
         except errors.ApiError as e:
@@ -311,6 +364,8 @@ class ApiServer:
         entry.reason = decision.reason
         if not decision.allowed:
             raise forbidden(user, info, decision.reason)
+        if info.verb != "create":
+            self.access.admit(user, info, info.name)  # on create, once the body is read
         return await self._route(request, user, entry)
 
     async def _route(
@@ -364,7 +419,7 @@ class ApiServer:
         if rtype.virtual:
             return await self._review(request, rtype, user)
         if name is None:
-            return await self._collection(request, rtype, namespace, entry)
+            return await self._collection(request, rtype, namespace, user, entry)
         if sub == "token":
             return await self._token_request(request, rtype, namespace, name)
         return await self._item(request, rtype, namespace, name, sub)
@@ -378,7 +433,7 @@ class ApiServer:
             )
         body = await self._body(request)
         if rtype.plural == "selfsubjectaccessreviews":
-            return _json(reviews.access_review(body, user, self.access.rbac.get()), 201)
+            return _json(reviews.access_review(body, user, self.access.authorize), 201)
         if rtype.plural == "selfsubjectrulesreviews":
             return _json(reviews.rules_review(body, user, self.access.rbac.get()), 201)
         return _json(reviews.self_review(body, user), 201)
@@ -459,6 +514,7 @@ class ApiServer:
         request: web.Request,
         rtype: ResourceType,
         namespace: str | None,
+        user: UserInfo,
         entry: AuditEntry,
     ) -> web.StreamResponse:
         q = request.query
@@ -488,10 +544,12 @@ class ApiServer:
                 )
             return _json(listing)
         if request.method == "POST":
+            body = await self._body(request)
+            self.access.admit(user, entry.info, _name_in(body))
             obj = self.api.create(
                 rtype,
                 namespace,
-                await self._body(request),
+                body,
                 dry_run=_dry_run(request),
                 strict=_strict(request),
             )
