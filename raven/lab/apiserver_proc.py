@@ -68,6 +68,9 @@ def start(
         str(pki.server_key),
         "--token-file",
         str(pki.token_file),
+        # node identities (kubelet-style client certificates) come from the lab CA
+        "--client-ca-file",
+        str(pki.ca_cert),
     ]
     if audit_log is not None:
         argv += ["--audit-log-path", str(audit_log)]

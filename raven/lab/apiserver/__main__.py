@@ -3,10 +3,12 @@
     python -m raven.lab.apiserver --state-dir DIR --listen HOST:PORT --cert FILE --key FILE \
         --token-file FILE [--history N] [--event-ttl 1h] [--watch-queue-events N] \
         [--watch-queue-bytes N] [--audit-log-path FILE] \
-        [--service-account-signing-key-file FILE] [--log-level debug]
+        [--service-account-signing-key-file FILE] [--client-ca-file FILE] [--log-level debug]
 
 The token in --token-file is the admin's (group system:masters). Service-account tokens come from
-the TokenRequest API (``kubectl create token SA -n NS``); every other request is authorized by
+the TokenRequest API (``kubectl create token SA -n NS``). With --client-ca-file, a client
+certificate signed by that CA authenticates as its CN in the groups of its O values (a node's:
+system:node:NAME in system:nodes). Every other request is authorized by
 RBAC from the stored Roles, ClusterRoles and bindings.
 
 One log line per request at debug level; quiet (warnings only) by default.
@@ -124,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         "on first start)",
     )
     p.add_argument(
+        "--client-ca-file",
+        type=Path,
+        default=None,
+        help="CA (PEM) whose client certificates authenticate as their CN in the groups of their "
+        "O values, as kube-apiserver's flag (default: no client certificates)",
+    )
+    p.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
@@ -156,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.cert, "--cert"),
         (args.key, "--key"),
         (args.token_file, "--token-file"),
+        *([(args.client_ca_file, "--client-ca-file")] if args.client_ca_file else []),
     ):
         if not path.is_file():
             print(f"raven.lab.apiserver: {what} {path} does not exist", file=sys.stderr)
@@ -185,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         watch_queue_bytes=args.watch_queue_bytes,
         audit_log=args.audit_log_path,
         service_account_key=args.service_account_signing_key_file,
+        client_ca=args.client_ca_file,
     )
     try:
         asyncio.run(_run(config))

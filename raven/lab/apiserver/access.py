@@ -1,10 +1,13 @@
 """Who is asking, as whom, and whether they may: the three checks before a request is served.
 
-:class:`Access` authenticates the bearer token (the admin's, or a service-account token this
-server issued for an account that still exists), applies impersonation headers (``kubectl --as``)
-when the caller may ``impersonate`` those users, service accounts and groups, and authorizes
-with RBAC from the stored Roles, ClusterRoles and bindings (kept in an :class:`RbacCache` that
-every write to them invalidates). The HTTP layer turns the errors into 401 and 403 answers.
+:class:`Access` authenticates the caller: a client certificate the TLS layer verified against the
+lab CA (its CN and O values, as kube-apiserver's x509 authenticator; a node is
+``system:node:<name>`` in ``system:nodes``), else the bearer token (the admin's, or a
+service-account token this server issued for an account that still exists). It applies
+impersonation headers (``kubectl --as``) when the caller may ``impersonate`` those users,
+service accounts and groups, and authorizes with RBAC from the stored Roles, ClusterRoles and
+bindings (kept in an :class:`RbacCache` that every write to them invalidates). The HTTP layer
+turns the errors into 401 and 403 answers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from raven.lab.apiserver.authn import (
     ADMIN,
     TokenIssuer,
     UserInfo,
+    certificate_user,
     service_account_of,
     service_account_user,
 )
@@ -67,8 +71,15 @@ class Access:
             cluster_role_bindings=objects("clusterrolebindings"),
         )
 
-    def authenticate(self, headers: Headers) -> UserInfo:
-        """The admin or a service account, from the bearer token; 401 for anything else."""
+    def authenticate(self, headers: Headers, peer_certificate: bytes | None = None) -> UserInfo:
+        """Who is asking: the user of ``peer_certificate`` (DER, already verified against the
+        lab CA during the TLS handshake) when the client presented one, as kube-apiserver's
+        x509 authenticator comes before its token authenticators; else the admin or a service
+        account, from the bearer token; 401 for anything else."""
+        if peer_certificate:
+            by_certificate = certificate_user(peer_certificate)
+            if by_certificate is not None:
+                return by_certificate
         scheme, _, token = headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

@@ -1,4 +1,5 @@
-"""Who is asking: the lab's admin token and service-account tokens, as kube-apiserver knows them.
+"""Who is asking: the admin token, service-account tokens and client certificates, as
+kube-apiserver knows them.
 
 - The admin token (the lab's kubeconfig) is user ``raven-lab-admin`` in group ``system:masters``,
   which kube-apiserver lets do anything without asking RBAC.
@@ -10,6 +11,11 @@
   or when its ServiceAccount is deleted (the uid no longer matches), as on a cluster. Such a user
   is ``system:serviceaccount:<ns>:<name>`` in the groups ``system:serviceaccounts``,
   ``system:serviceaccounts:<ns>`` and ``system:authenticated``.
+
+- A client certificate signed by the lab CA (kube-apiserver's x509 authenticator) is the user
+  named by its CN in the groups named by its O values, plus ``system:authenticated``. A node's
+  (a kubelet's) is ``system:node:<name>`` in ``system:nodes`` (:func:`node_user`); the server
+  checks the chain during the TLS handshake, :func:`certificate_user` reads the subject.
 
 The signing key lives in the state directory (mode 0600), so tokens survive a restart of the
 server; the random ``jti`` and a 256-bit ECDSA signature make them unguessable.
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from cryptography.x509.oid import NameOID
 
 from raven.secretfile import write_secret
 
@@ -43,6 +51,9 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 API_AUDIENCES = (ISSUER,)
 ADMIN_NAME = "raven-lab-admin"
 SA_PREFIX = "system:serviceaccount:"
+NODE_GROUP = "system:nodes"
+NODE_PREFIX = "system:node:"
+AUTHENTICATED = "system:authenticated"
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,35 @@ def service_account_of(username: str) -> tuple[str, str] | None:
     if not sep or not namespace or not name or ":" in name:
         return None
     return namespace, name
+
+
+def node_user(name: str) -> UserInfo:
+    """Node ``name``'s identity, as its kubelet's client certificate gives it."""
+    return UserInfo(f"{NODE_PREFIX}{name}", (NODE_GROUP, AUTHENTICATED))
+
+
+def node_of(username: str) -> str | None:
+    """The node name of a ``system:node:<name>`` user, else None."""
+    if not username.startswith(NODE_PREFIX):
+        return None
+    name = username[len(NODE_PREFIX) :]
+    return name if name and ":" not in name else None
+
+
+def certificate_user(der: bytes) -> UserInfo | None:
+    """The user a verified client certificate (DER) names: CN as the name, the O values and
+    ``system:authenticated`` as the groups; None when it names nobody (no CN)."""
+    try:
+        subject = x509.load_der_x509_certificate(der).subject
+    except ValueError:
+        return None
+    common = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not common or not common[0].value:
+        return None
+    groups = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    if AUTHENTICATED not in groups:
+        groups.append(AUTHENTICATED)
+    return UserInfo(str(common[0].value), tuple(groups))
 
 
 def _b64(data: bytes) -> str:

@@ -2,8 +2,10 @@
 
 The lab makes its own CA on every ``up`` and signs one serving certificate for the addresses the
 API server answers on, plus any extra serving certificates asked for at the same time (the lab's
-cache proxies serve 127.0.0.1 with one). The CA key is never written. Private keys and the token
-are written with mode 0600 whatever was there before (:func:`raven.secretfile.write_secret`).
+cache proxies serve 127.0.0.1 with one), plus client certificates (ExtendedKeyUsage clientAuth)
+with a given subject: a node's is ``CN=system:node:<name>, O=system:nodes``, as a kubelet's on a
+cluster (:func:`node_clients`). The CA key is never written. Private keys and the token are
+written with mode 0600 whatever was there before (:func:`raven.secretfile.write_secret`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +49,26 @@ class Pki:
         return self.token_file.read_text().strip()
 
     def extra_pair(self, name: str) -> tuple[Path, Path]:
-        """(certificate, key) of the extra serving certificate ``name`` (see ``make_pki``)."""
+        """(certificate, key) of the extra serving or client certificate ``name`` (see
+        ``make_pki``)."""
         directory = self.ca_cert.parent
         return directory / f"{name}.crt", directory / f"{name}.key"
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def node_client_name(node: str) -> str:
+    """The name (file stem) of node ``node``'s client certificate in the lab's PKI."""
+    return f"node-{node}"
+
+
+def node_clients(nodes: Iterable[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``make_pki(clients=...)`` for kubelet-style identities of ``nodes``:
+    ``CN=system:node:<node>``, ``O=system:nodes``."""
+    return {node_client_name(n): (f"system:node:{n}", ("system:nodes",)) for n in nodes}
+
+
+def _name(cn: str, organizations: Sequence[str] = ()) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _sans(hosts: Sequence[str]) -> list[x509.GeneralName]:
@@ -89,12 +104,46 @@ def _serving_pair(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _client_pair(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    cn: str,
+    organizations: Sequence[str],
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> tuple[bytes, bytes]:
+    """A client certificate with subject ``O=<organizations>, CN=<cn>`` signed by the CA, and
+    its key, both as PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn, organizations))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _check_name(name: str, what: str) -> None:
+    if name in ("ca", "server", "token") or not name.replace("-", "").isalnum():
+        raise ValueError(f"make_pki: {what} certificate name {name!r} is reserved or unsafe")
 
 
 def make_pki(
@@ -103,18 +152,27 @@ def make_pki(
     *,
     days: int = 365,
     extra: Mapping[str, Sequence[str]] | None = None,
+    clients: Mapping[str, tuple[str, Sequence[str]]] | None = None,
 ) -> Pki:
     """Write a fresh CA, a server certificate for ``hosts`` (IPs or DNS names) and a token.
 
     Files: ``ca.crt``, ``server.crt``, ``server.key`` (0600), ``token`` (0600). ``extra`` maps a
     name to the hosts of one more serving certificate from the same CA, written as
-    ``<name>.crt`` and ``<name>.key`` (0600); :meth:`Pki.extra_pair` finds them.
+    ``<name>.crt`` and ``<name>.key`` (0600); :meth:`Pki.extra_pair` finds them. ``clients``
+    maps a name to the (common name, organizations) of a client certificate from the same CA,
+    written and found the same way; the API server takes such a certificate's CN as the user
+    and its O values as the groups (:func:`node_clients` makes the nodes' ones).
     """
     if not hosts:
         raise ValueError("make_pki needs at least one host for the certificate")
+    if set(extra or {}) & set(clients or {}):
+        raise ValueError("make_pki: a name is both an extra and a client certificate")
+    for name, (cn, _) in (clients or {}).items():
+        _check_name(name, "client")
+        if not cn:
+            raise ValueError(f"make_pki: client certificate {name!r} needs a common name")
     for name, extra_hosts in (extra or {}).items():
-        if name in ("ca", "server") or not name.replace("-", "").isalnum():
-            raise ValueError(f"make_pki: extra certificate name {name!r} is reserved or unsafe")
+        _check_name(name, "extra")
         if not extra_hosts:
             raise ValueError(f"make_pki: extra certificate {name!r} needs at least one host")
     directory.mkdir(parents=True, exist_ok=True)
@@ -160,6 +218,11 @@ def make_pki(
         cert_pem, key_pem = _serving_pair(
             ca_key, ca_cert, f"raven-lab-{name}", extra_hosts, not_before, not_after
         )
+        cert_path, key_path = pki.extra_pair(name)
+        cert_path.write_bytes(cert_pem)
+        write_secret(key_path, key_pem)
+    for name, (cn, organizations) in (clients or {}).items():
+        cert_pem, key_pem = _client_pair(ca_key, ca_cert, cn, organizations, not_before, not_after)
         cert_path, key_path = pki.extra_pair(name)
         cert_path.write_bytes(cert_pem)
         write_secret(key_path, key_pem)

@@ -9,9 +9,13 @@ status subresource, ``serviceaccounts/<name>/token`` for TokenRequest. All verbs
 Every request but a health check (``/healthz``, ``/readyz``, ``/livez``, open to anyone, as the
 lab's readiness probe needs) goes through, in order:
 
-1. authentication (:mod:`raven.lab.apiserver.authn`): the admin token is ``raven-lab-admin`` in
-   ``system:masters``; a service-account token from the TokenRequest API is
-   ``system:serviceaccount:<ns>:<name>``; anything else, or nothing, is 401;
+1. authentication (:mod:`raven.lab.apiserver.authn`): with ``client_ca`` set (``--client-ca-file``)
+   the listener asks for a client certificate (optional) and verifies it against that CA during
+   the handshake (one that does not verify ends the handshake); a verified certificate is the user
+   in its CN with its O values as groups (a node: ``system:node:<name>`` in ``system:nodes``).
+   Otherwise the admin token is ``raven-lab-admin`` in ``system:masters``; a service-account
+   token from the TokenRequest API is ``system:serviceaccount:<ns>:<name>``; anything else, or
+   nothing, is 401;
 2. impersonation (``Impersonate-User``/``-Group``/``-Uid``/``-Extra-*``, ``kubectl --as``), if
    the caller may ``impersonate`` those users, service accounts and groups;
 3. authorization: ``system:masters`` may do anything; everyone else gets what RBAC from the
@@ -100,6 +104,9 @@ class ServerConfig:
     audit_log: Path | None = None
     # The key service-account tokens are signed with (default: STATE/sa-signing.key, made once).
     service_account_key: Path | None = None
+    # CA whose client certificates authenticate their CN/O (kube-apiserver's --client-ca-file);
+    # None: no client certificates are asked for.
+    client_ca: Path | None = None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -149,6 +156,15 @@ def _reset(transport: asyncio.BaseTransport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     cast(asyncio.Transport, transport).abort()
+
+
+def _peer_certificate(request: web.Request) -> bytes | None:
+    """The client's certificate (DER), which the handshake verified, if it sent one."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    return cast(ssl.SSLObject, ssl_object).getpeercert(binary_form=True)
 
 
 def _truthy(value: str | None) -> bool:
@@ -202,6 +218,10 @@ class ApiServer:
         await self._runner.setup()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(self.config.cert), str(self.config.key))
+        if self.config.client_ca is not None:
+            # Only this CA: nothing from the system's trust store may name a user here.
+            ctx.load_verify_locations(cafile=str(self.config.client_ca))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         site = web.TCPSite(
             self._runner,
             self.config.host,
@@ -297,7 +317,7 @@ class ApiServer:
         path = request.path.rstrip("/") or "/"
         if path in HEALTH_PATHS or path.split("/")[1:2] in (["healthz"], ["readyz"], ["livez"]):
             return web.Response(text="ok")
-        user = entry.user = self.access.authenticate(request.headers)
+        user = entry.user = self.access.authenticate(request.headers, _peer_certificate(request))
         try:
             acting = self.access.impersonate(request.headers, user)
         except errors.ApiError as e:

@@ -5,9 +5,10 @@ URL, token, CA certificate and a kubeconfig (for kubectl and the ``kubernetes`` 
 ``restart()`` the server on the same port and state directory to test persistence.
 
 The admin kubeconfig may do anything (group ``system:masters``); to act as a ServiceAccount,
-``create_token()`` or ``service_account_kubeconfig()``. Every request is in the audit log
-(``audit_events()``), and ``rule_usage(role, user)`` compares what a user did with what a Role or
-ClusterRole grants.
+``create_token()`` or ``service_account_kubeconfig()``; to act as a node (a kubelet's client
+certificate, ``system:node:<name>``), start with ``nodes=[...]`` and use ``node_kubeconfig()``.
+Every request is in the audit log (``audit_events()``), and ``rule_usage(role, user)`` compares
+what a user did with what a Role or ClusterRole grants.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kubernetes import client as k8s_client
 from raven.lab.apiserver.api import DEFAULT_EVENT_TTL
 from raven.lab.apiserver.audit import RuleUsage, read_audit_log, rule_usage
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
-from raven.lab.apiserver.pki import Pki, make_pki
+from raven.lab.apiserver.pki import Pki, make_pki, node_client_name, node_clients
 from raven.lab.apiserver.server import ApiServer, ServerConfig
 from raven.lab.apiserver.serviceaccounts import request_token, write_service_account_kubeconfig
 from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS
@@ -86,6 +87,7 @@ class ApiServerHandle:
             watch_queue_events=self.watch_queue_events,
             watch_queue_bytes=self.watch_queue_bytes,
             audit_log=self.audit_log,
+            client_ca=self.pki.ca_cert,
         )
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -144,6 +146,22 @@ class ApiServerHandle:
         path = path or self.kubeconfig.with_name(f"{namespace}-{name}.kubeconfig")
         return write_service_account_kubeconfig(
             path, self.url, self.ca_cert, token, namespace=namespace, name=name
+        )
+
+    def node_client_pair(self, node: str) -> tuple[Path, Path]:
+        """(certificate, key) of node ``node``'s client certificate (``run_apiserver(nodes=)``)."""
+        cert, key = self.pki.extra_pair(node_client_name(node))
+        if not cert.exists() or not key.exists():
+            raise KeyError(f"no client certificate for node {node!r}: pass it in nodes=")
+        return cert, key
+
+    def node_kubeconfig(self, node: str, path: Path | None = None) -> Path:
+        """A kubeconfig acting as node ``node`` with its client certificate (default path:
+        beside the admin kubeconfig, ``node-<node>.kubeconfig``)."""
+        cert, key = self.node_client_pair(node)
+        path = path or self.kubeconfig.with_name(f"{node_client_name(node)}.kubeconfig")
+        return write_kubeconfig(
+            path, self.url, self.ca_cert, client_cert=cert, client_key=key, name=f"node-{node}"
         )
 
     def kubectl(
@@ -206,12 +224,14 @@ def run_apiserver(
     watch_queue_events: int = MAX_QUEUED_EVENTS,
     watch_queue_bytes: int = MAX_QUEUED_BYTES,
     audit_log: Path | None | bool = True,
+    nodes: Sequence[str] = (),
 ) -> Iterator[ApiServerHandle]:
     """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``.
 
     The keywords are :class:`raven.lab.apiserver.server.ServerConfig`'s (the bounds on slow
     watchers, the Events' time to live); ``audit_log`` is a path, True (``state_dir/audit.log``)
-    or False (none).
+    or False (none). ``nodes`` get client certificates from the lab CA (``system:node:<name>``
+    in ``system:nodes``): :meth:`ApiServerHandle.node_kubeconfig`.
     """
     state_dir = Path(state_dir)
     pki_dir = state_dir / "pki"
@@ -220,7 +240,7 @@ def run_apiserver(
             pki_dir / "ca.crt", pki_dir / "server.crt", pki_dir / "server.key", pki_dir / "token"
         )
     else:
-        pki = make_pki(pki_dir, [host])
+        pki = make_pki(pki_dir, [host], clients=node_clients(nodes))
     handle = ApiServerHandle(
         state_dir=state_dir,
         host=host,
