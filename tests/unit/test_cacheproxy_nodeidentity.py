@@ -210,3 +210,21 @@ def test_a_rotated_node_certificate_is_loaded_without_a_restart(env) -> None:
     assert get(proxy, lease_list, cert=api.node_client_pair(NODE), ca=api.ca_cert)[0] == 403
     assert get(proxy, lease_list, cert=api.node_client_pair(OTHER), ca=api.ca_cert)[0] == 200
     assert f"system:node:{OTHER}" in users(api, "leases")
+
+
+def test_a_client_without_a_certificate_never_rides_the_nodes_connection(env) -> None:
+    api, proxy, _ = env
+    node_cert = api.node_client_pair(NODE)
+    ok(api.kubectl("create", "-f", "-", stdin=LEASE_YAML))
+    for _ in range(3):  # the node's connection upstream is open and idle in the pool now
+        assert get(proxy, LEASE, cert=node_cert, ca=api.ca_cert)[0] == 200
+    status, body = get(proxy, LEASE, ca=api.ca_cert)
+    assert status in (401, 403), body
+    anonymous = [
+        e
+        for e in api.audit_events()
+        if e.get("objectRef", {}).get("name") == NODE
+        and e["user"].get("username") != f"system:node:{NODE}"
+        and e["verb"] == "get"
+    ]
+    assert anonymous and all(e["responseStatus"]["code"] in (401, 403) for e in anonymous)
