@@ -5,9 +5,11 @@ lab CA (its CN and O values, as kube-apiserver's x509 authenticator; a node is
 ``system:node:<name>`` in ``system:nodes``), else the bearer token (the admin's, or a
 service-account token this server issued for an account that still exists). It applies
 impersonation headers (``kubectl --as``) when the caller may ``impersonate`` those users,
-service accounts and groups, and authorizes with RBAC from the stored Roles, ClusterRoles and
-bindings (kept in an :class:`RbacCache` that every write to them invalidates). The HTTP layer
-turns the errors into 401 and 403 answers.
+service accounts and groups, and authorizes: a node (``system:node:<name>``) first by the Node
+authorizer's rules (:mod:`raven.lab.apiserver.nodeauthz`), then everyone by RBAC from the
+stored Roles, ClusterRoles and bindings (kept in an :class:`RbacCache` that every write to them
+invalidates), as kube-apiserver's ``--authorization-mode=Node,RBAC``. :meth:`Access.admit` is
+the NodeRestriction admission plugin. The HTTP layer turns the errors into 401 and 403 answers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from raven.lab.apiserver import errors
+from raven.lab.apiserver import errors, nodeauthz
 from raven.lab.apiserver.authn import (
     ADMIN,
     TokenIssuer,
@@ -137,4 +139,18 @@ class Access:
         return UserInfo(as_user, tuple(groups), as_uid, extras)
 
     def authorize(self, user: UserInfo, info: RequestInfo) -> Decision:
-        return self.rbac.get().authorize(user, info)
+        """Node authorizer, then RBAC; a refusal gives both their reasons, as kube-apiserver's
+        union of authorizers does."""
+        by_node = nodeauthz.authorize(user, info)
+        if by_node is not None and by_node.allowed:
+            return by_node
+        decision = self.rbac.get().authorize(user, info)
+        if decision.allowed or by_node is None or not by_node.reason:
+            return decision
+        reasons = [r for r in (by_node.reason, decision.reason) if r]
+        return Decision(False, "\n".join(reasons))
+
+    def admit(self, user: UserInfo, info: RequestInfo, name: str) -> None:
+        """Admission after authorization: NodeRestriction (a node writes only its own Node and
+        Lease); ``name`` is the object's, from the body on create. 403 when refused."""
+        nodeauthz.admit(user, info, name)

@@ -9,11 +9,12 @@ stored; each function takes the request body and returns the body to send (201 C
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from raven.lab.apiserver import errors
 from raven.lab.apiserver.authn import TokenIssuer, UserInfo
-from raven.lab.apiserver.rbac import Rbac
+from raven.lab.apiserver.rbac import Decision, Rbac
 from raven.lab.apiserver.requestinfo import RequestInfo
 
 # kube-apiserver's bounds on a requested token lifetime, and its default.
@@ -44,8 +45,11 @@ def _answer(body: dict[str, Any], api_version: str, kind: str, status: Any) -> d
     }
 
 
-def access_review(body: Any, user: UserInfo, rbac: Rbac) -> dict[str, Any]:
-    """SelfSubjectAccessReview: may ``user`` do what ``spec`` describes?"""
+def access_review(
+    body: Any, user: UserInfo, authorize: Callable[[UserInfo, RequestInfo], Decision]
+) -> dict[str, Any]:
+    """SelfSubjectAccessReview: may ``user`` do what ``spec`` describes, per ``authorize`` (the
+    server's authorizers)?"""
     body = _body(body, "SelfSubjectAccessReview")
     spec = body.get("spec") or {}
     res, non = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
@@ -76,7 +80,7 @@ def access_review(body: Any, user: UserInfo, rbac: Rbac) -> dict[str, Any]:
                 )
             ],
         )
-    decision = rbac.authorize(user, info)
+    decision = authorize(user, info)
     status: dict[str, Any] = {"allowed": decision.allowed}
     if decision.reason:
         status["reason"] = decision.reason

@@ -18,10 +18,13 @@ lab's readiness probe needs) goes through, in order:
    nothing, is 401;
 2. impersonation (``Impersonate-User``/``-Group``/``-Uid``/``-Extra-*``, ``kubectl --as``), if
    the caller may ``impersonate`` those users, service accounts and groups;
-3. authorization: ``system:masters`` may do anything; everyone else gets what RBAC from the
-   stored Roles, ClusterRoles and bindings grants (:mod:`raven.lab.apiserver.rbac`) and 403 with
-   kube-apiserver's message for the rest. The default ClusterRoles let any authenticated user
-   read discovery, /version, /openapi and review its own access;
+3. authorization: ``system:masters`` may do anything; a node gets what kube-apiserver's Node
+   authorizer gives a kubelet (:mod:`raven.lab.apiserver.nodeauthz`); everyone (a node too) gets
+   what RBAC from the stored Roles, ClusterRoles and bindings grants
+   (:mod:`raven.lab.apiserver.rbac`) and 403 with kube-apiserver's message for the rest. The
+   default ClusterRoles let any authenticated user read discovery, /version, /openapi and review
+   its own access. Then admission: NodeRestriction keeps a node's writes to its own Node and its
+   own ``kube-node-lease`` Lease (403 otherwise; on create, the name in the body counts);
 4. the audit log (:mod:`raven.lab.apiserver.audit`), when configured: one line per request.
 
 Bounds (kube-apiserver's defaults unless said otherwise; every one is a test):
@@ -165,6 +168,13 @@ def _peer_certificate(request: web.Request) -> bytes | None:
     if ssl_object is None:
         return None
     return cast(ssl.SSLObject, ssl_object).getpeercert(binary_form=True)
+
+
+def _name_in(body: Any) -> str:
+    """``metadata.name`` of a request body, or "" (a body without one, or not an object)."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def _truthy(value: str | None) -> bool:
@@ -331,6 +341,8 @@ class ApiServer:
         entry.reason = decision.reason
         if not decision.allowed:
             raise forbidden(user, info, decision.reason)
+        if info.verb != "create":
+            self.access.admit(user, info, info.name)  # on create, once the body is read
         return await self._route(request, user, entry)
 
     async def _route(
@@ -384,7 +396,7 @@ class ApiServer:
         if rtype.virtual:
             return await self._review(request, rtype, user)
         if name is None:
-            return await self._collection(request, rtype, namespace, entry)
+            return await self._collection(request, rtype, namespace, user, entry)
         if sub == "token":
             return await self._token_request(request, rtype, namespace, name)
         return await self._item(request, rtype, namespace, name, sub)
@@ -398,7 +410,7 @@ class ApiServer:
             )
         body = await self._body(request)
         if rtype.plural == "selfsubjectaccessreviews":
-            return _json(reviews.access_review(body, user, self.access.rbac.get()), 201)
+            return _json(reviews.access_review(body, user, self.access.authorize), 201)
         if rtype.plural == "selfsubjectrulesreviews":
             return _json(reviews.rules_review(body, user, self.access.rbac.get()), 201)
         return _json(reviews.self_review(body, user), 201)
@@ -479,6 +491,7 @@ class ApiServer:
         request: web.Request,
         rtype: ResourceType,
         namespace: str | None,
+        user: UserInfo,
         entry: AuditEntry,
     ) -> web.StreamResponse:
         q = request.query
@@ -508,10 +521,12 @@ class ApiServer:
                 )
             return _json(listing)
         if request.method == "POST":
+            body = await self._body(request)
+            self.access.admit(user, entry.info, _name_in(body))
             obj = self.api.create(
                 rtype,
                 namespace,
-                await self._body(request),
+                body,
                 dry_run=_dry_run(request),
                 strict=_strict(request),
             )
