@@ -23,24 +23,6 @@ from raven.lab.testing.cacheproxy import ProxyHandle, run_proxy
 
 NODE, OTHER = "edge-a-1", "edge-a-2"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}"
-# Until the lab's node authorizer grants it, RBAC lets nodes use their Leases (the tests ask
-# only for what a kubelet does with its own Lease).
-NODE_LEASES = """
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: test-node-leases}
-rules:
-- apiGroups: [coordination.k8s.io]
-  resources: [leases]
-  verbs: [get, list, watch, create, update, patch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: test-node-leases}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: test-node-leases}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}
-"""
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -51,7 +33,6 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[ApiServerHandle, ProxyHandle, tuple[Path, Path]]]:
     with run_apiserver(tmp_path / "api", nodes=[NODE, OTHER]) as api:
-        ok(api.kubectl("apply", "-f", "-", stdin=NODE_LEASES))
         # The node's pair where kubelet keeps it, so a test can rotate it.
         cert, key = api.node_client_pair(NODE)
         node_pair = (tmp_path / "node" / "client.crt", tmp_path / "node" / "client.key")
@@ -145,6 +126,26 @@ def test_a_node_client_renews_its_own_lease_through_the_proxy_as_the_node(
             assert key_body.encode() not in f.read_bytes()
 
 
+def test_through_the_proxy_a_node_still_cannot_renew_another_nodes_lease(
+    env, tmp_path: Path
+) -> None:
+    api, proxy, _ = env
+    other = LEASE_YAML.replace(f"name: {NODE}", f"name: {OTHER}")
+    ok(api.kubectl("create", "-f", "-", stdin=other))
+    kc = via_proxy(api, proxy, tmp_path, NODE)
+    renew = json.dumps({"spec": {"renewTime": "2026-01-01T00:00:10.000000Z"}})
+    result = api.kubectl(
+        "patch", "lease", "-n", "kube-node-lease", OTHER, "-p", renew, kubeconfig=kc
+    )
+    assert result.returncode != 0 and "Forbidden" in result.stderr
+    refused = [
+        e
+        for e in api.audit_events()
+        if e["user"].get("username") == f"system:node:{NODE}" and e["verb"] == "patch"
+    ]
+    assert [e["responseStatus"]["code"] for e in refused] == [403]  # the API server's own
+
+
 def test_another_nodes_certificate_is_refused_by_the_proxy(env, tmp_path: Path) -> None:
     api, proxy, _ = env
     status, body = get(proxy, LEASE, cert=api.node_client_pair(OTHER), ca=api.ca_cert)
@@ -199,17 +200,17 @@ def test_offline_each_credential_gets_only_its_own_reads(env) -> None:
 
 def test_a_rotated_node_certificate_is_loaded_without_a_restart(env) -> None:
     api, proxy, node_pair = env
-    lease_list = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
-    assert get(proxy, lease_list, cert=api.node_client_pair(NODE), ca=api.ca_cert)[0] == 200
+    nodes = "/api/v1/nodes"
+    assert get(proxy, nodes, cert=api.node_client_pair(NODE), ca=api.ca_cert)[0] == 200
     # The file now holds another identity (a rename over it, as kubelet's rotation does).
     cert, key = api.node_client_pair(OTHER)
     for src, dst in ((cert, node_pair[0]), (key, node_pair[1])):
         tmp = dst.with_suffix(".new")
         shutil.copy(src, tmp)
         tmp.replace(dst)
-    assert get(proxy, lease_list, cert=api.node_client_pair(NODE), ca=api.ca_cert)[0] == 403
-    assert get(proxy, lease_list, cert=api.node_client_pair(OTHER), ca=api.ca_cert)[0] == 200
-    assert f"system:node:{OTHER}" in users(api, "leases")
+    assert get(proxy, nodes, cert=api.node_client_pair(NODE), ca=api.ca_cert)[0] == 403
+    assert get(proxy, nodes, cert=api.node_client_pair(OTHER), ca=api.ca_cert)[0] == 200
+    assert f"system:node:{OTHER}" in users(api, "nodes")
 
 
 def test_a_client_without_a_certificate_never_rides_the_nodes_connection(env) -> None:
