@@ -16,6 +16,7 @@ traffic follows the node's cloud path, through a neighbour's relay while it says
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import ssl
 import time
@@ -58,7 +59,7 @@ from raven.cacheproxy.nodecert import NodeCertificate
 from raven.cacheproxy.pages import Pages
 from raven.cacheproxy.request import RequestInfo, credential, request_info
 from raven.cacheproxy.upstream import POLL_INTERVAL, Upstream
-from raven.cloudpath import VIA, CloudPath
+from raven.cloudpath import CloudPath
 
 DEFAULT_PORT = 10261
 # Opening a connection to the API server (TCP and TLS) takes this long at most: on a link that
@@ -323,9 +324,11 @@ class CacheProxy:
         )
 
     def _path_changed(self, old: CloudPath, new: CloudPath) -> None:
-        self.m_route.labels(old.mode, old.via if old.mode == VIA else "").set(0)
-        self.m_route.remove(old.mode, old.via if old.mode == VIA else "")
-        self.m_route.labels(new.mode, new.via if new.mode == VIA else "").set(1)
+        """One series for the route in use: the old one goes, so a sum over nodes counts each
+        node once."""
+        with contextlib.suppress(KeyError):
+            self.m_route.remove(old.mode, old.via)
+        self.m_route.labels(new.mode, new.via).set(1)
 
     def _server_context(self) -> ssl.SSLContext | None:
         if not (self.config.tls_cert and self.config.tls_key):
