@@ -1,4 +1,8 @@
-"""Console entry ``raven-cache-proxy``: run the caching proxy until SIGTERM/SIGINT."""
+"""Console entry ``raven-cache-proxy``: run the caching proxy until SIGTERM/SIGINT.
+
+Node identity (``--node-cert``, ``--node-key``, ``--client-ca``) and the cloud path
+(``--path-file``) are described in raven/cacheproxy/identity.py and upstream.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from pathlib import Path
 from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.memory import fix_thresholds
+from raven.cacheproxy.nodecert import NodeCertificateError
 from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
+from raven.cacheproxy.upstream import POLL_INTERVAL
 from raven.logs import configure as configure_logging
 
 
@@ -42,6 +48,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--tls-cert", type=Path, help="serve HTTPS (needed for client-go tokens)")
     p.add_argument("--tls-key", type=Path)
+    p.add_argument(
+        "--node-cert",
+        type=Path,
+        help="the node's own client certificate (kubelet-client-current.pem on a cluster): "
+        "clients whose certificate has the same subject (CN=system:node:NAME, O=system:nodes) "
+        "are forwarded with it, so the API server sees the node; other client certificates "
+        "get 403. Costs a stat of both files per such request (a rotated one is reloaded). "
+        "Needs --tls-cert",
+    )
+    p.add_argument(
+        "--node-key",
+        type=Path,
+        help="its private key (may be the same file as --node-cert); read only to open TLS "
+        "connections, never logged or written",
+    )
+    p.add_argument(
+        "--client-ca",
+        type=Path,
+        help="CA that client certificates must chain to (default: --ca-cert); a certificate "
+        "from another CA fails the TLS handshake",
+    )
+    p.add_argument(
+        "--path-file",
+        type=Path,
+        help="the node's cloud path as raven-heartbeat writes it: while it says via NODE, all "
+        "upstream traffic (requests, watches, the health probe) goes through that node's HTTP "
+        "CONNECT relay, TLS end to end. A change of route ends open watches (clients watch "
+        "again at once). Missing file: direct",
+    )
+    p.add_argument(
+        "--path-poll",
+        type=float,
+        default=POLL_INTERVAL,
+        help="seconds between looks at --path-file (a stat; read only when changed): the "
+        f"longest a route change waits (default {POLL_INTERVAL:g})",
+    )
     p.add_argument("--probe-interval", type=float, default=1.0)
     p.add_argument("--healthy-after", type=int, default=3, help="consecutive successes")
     defaults = CacheConfig()
@@ -86,11 +128,19 @@ def main(argv: list[str] | None = None) -> None:
             CacheConfig(
                 flush_interval=a.flush_interval, entry_ttl=a.entry_ttl, max_entries=a.max_entries
             ),
+            node_cert=a.node_cert,
+            node_key=a.node_key,
+            client_ca=a.client_ca,
+            path_file=a.path_file,
+            path_poll=a.path_poll,
         )
     except ValueError as e:
         p.error(str(e))
     fix_thresholds()
-    asyncio.run(_run(config))
+    try:
+        asyncio.run(_run(config))
+    except NodeCertificateError as e:
+        p.exit(2, f"raven-cache-proxy: {e}\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ The probe is what sets the cloud's state. The server adds a failure only when a 
 request could not even open a connection (see ``decide.marks_cloud_down``); a slow or broken
 request is that request's problem, not every client's.
 
+The probe takes the proxy's current upstream route (:mod:`raven.cacheproxy.upstream`), through
+the relay while the node's cloud path goes via a neighbour; when the route changes it probes the
+new one at once rather than after the rest of its interval.
+
 ``online_time()`` counts the seconds the cloud has been healthy since start: the clock by which
 cache entries age, so an outage never empties the cache.
 """
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from raven.aio import cancel_and_wait
+from raven.cacheproxy.upstream import Upstream
 
 
 @dataclass
@@ -80,21 +85,30 @@ class CloudHealth:
         old, self.changed = self.changed, asyncio.Event()
         old.set()
 
-    async def probe_once(self, session: aiohttp.ClientSession) -> bool:
+    async def probe_once(self, upstream: Upstream) -> bool:
         try:
             timeout = aiohttp.ClientTimeout(total=self.config.timeout)
-            async with session.get(self.url + "/healthz", ssl=self.ssl_ctx, timeout=timeout) as r:
-                return r.status < 500
+            async with upstream.request(
+                "GET", self.url + "/healthz", ssl=self.ssl_ctx, timeout=timeout
+            ) as r:
+                return bool(r.status < 500)
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    async def run(self, session: aiohttp.ClientSession) -> None:
+    async def run(self, upstream: Upstream) -> None:
         while True:
-            self.record(await self.probe_once(session))
-            await asyncio.sleep(self.config.interval)
+            moved = upstream.changed
+            self.record(await self.probe_once(upstream))
+            if moved.is_set():
+                continue  # the route changed during the probe: try the new one now
+            try:
+                async with asyncio.timeout(self.config.interval):
+                    await moved.wait()
+            except TimeoutError:
+                pass
 
-    def start(self, session: aiohttp.ClientSession) -> None:
-        self._task = asyncio.create_task(self.run(session))
+    def start(self, upstream: Upstream) -> None:
+        self._task = asyncio.create_task(self.run(upstream))
 
     async def stop(self) -> None:
         task, self._task = self._task, None

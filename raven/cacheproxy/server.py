@@ -4,11 +4,19 @@ requests through at once (folding watch events into the cache), and answers from
 the cloud is unhealthy. It reads a request's shape (request.py, keys.py), asks the pure core
 (decide.py, fold.py) what to do, and does it. Own endpoints: /healthz (process up), /readyz (200
 only while the cloud is healthy), /metrics.
+
+With the node's client certificate (``node_cert``/``node_key``) the HTTPS listener also asks for
+client certificates, verifies them with ``client_ca``, and forwards the requests of a client
+whose certificate names this node over a connection presenting the node's certificate
+(identity.py, nodecert.py); another verified subject gets 403. With a ``path_file`` all upstream
+traffic follows the node's cloud path, through a neighbour's relay while it says so
+(upstream.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import ssl
 import time
@@ -38,10 +46,20 @@ from raven.cacheproxy.decide import (
     marks_cloud_down,
 )
 from raven.cacheproxy.health import CloudHealth, HealthConfig
+from raven.cacheproxy.identity import (
+    Presented,
+    Subject,
+    certificate_credential,
+    judge,
+    peer_subject,
+)
 from raven.cacheproxy.keys import ReadKey, identity_headers, read_key, watch_key
 from raven.cacheproxy.listdoc import Blob, ListDoc, join, split
+from raven.cacheproxy.nodecert import NodeCertificate
 from raven.cacheproxy.pages import Pages
 from raven.cacheproxy.request import RequestInfo, credential, request_info
+from raven.cacheproxy.upstream import POLL_INTERVAL, Upstream
+from raven.cloudpath import CloudPath
 
 DEFAULT_PORT = 10261
 # Opening a connection to the API server (TCP and TLS) takes this long at most: on a link that
@@ -78,10 +96,27 @@ class ProxyConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     # Seconds a request that is not long-running may take in all (kube-apiserver's own limit).
     request_timeout: float = REQUEST_TIMEOUT
+    # The node's own client certificate and key (may be one file): clients whose verified
+    # certificate has the same subject are forwarded with it. Needs tls_cert.
+    node_cert: Path | None = None
+    node_key: Path | None = None
+    # The CA that client certificates must chain to (default: ca_cert).
+    client_ca: Path | None = None
+    # The node's cloud path (raven/cloudpath.py), looked at every path_poll seconds.
+    path_file: Path | None = None
+    path_poll: float = POLL_INTERVAL
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if (self.node_cert is None) != (self.node_key is None):
+            raise ValueError("node_cert and node_key must be given together")
+        if self.node_cert is not None and self.tls_cert is None:
+            raise ValueError("a node certificate needs tls_cert: client certificates come by TLS")
+        if self.client_ca is not None and self.node_cert is None:
+            raise ValueError("client_ca is used only with a node certificate")
+        if self.path_poll <= 0:
+            raise ValueError(f"path poll interval must be positive, got {self.path_poll}")
         if not ipaddress.ip_address(self.host).is_loopback:
             raise ValueError(f"the cache proxy listens on loopback only, not {self.host!r}")
         if not self.upstream.startswith("https://"):
@@ -182,6 +217,8 @@ class Shape:
     credential: str | None
     read: ReadKey | None  # a cacheable read (get or list)
     watch: str | None  # a watch: the key of the list it continues
+    # The TLS context upstream: the node's certificate for its clients, None for the plain one.
+    upstream_ssl: ssl.SSLContext | None = None
 
     @property
     def key(self) -> str | None:
@@ -192,6 +229,12 @@ class CacheProxy:
     def __init__(self, config: ProxyConfig):
         self.config = config
         self.ssl_ctx = ssl.create_default_context(cafile=str(config.ca_cert))
+        self.node: NodeCertificate | None = None
+        if config.node_cert is not None and config.node_key is not None:
+            self.node = NodeCertificate(config.node_cert, config.node_key, config.ca_cert)
+        self.upstream = Upstream(
+            self._new_session, config.path_file, config.path_poll, on_change=self._path_changed
+        )
         self.health = CloudHealth(config.upstream, self.ssl_ctx, config.health)
         self.cache = Cache(config.cache_dir, config.cache, clock=self.health.online_time)
         self.pages = Pages()
@@ -243,31 +286,73 @@ class CacheProxy:
             "Bytes of cache changes waiting for the disk",
             registry=self.registry,
         )
-        self.session: aiohttp.ClientSession | None = None
+        self.m_route = Gauge(
+            "raven_cacheproxy_upstream_route",
+            "1 for the cloud path upstream traffic takes now: mode direct, via (a neighbour's "
+            "relay, named) or none",
+            ["mode", "via"],
+            registry=self.registry,
+        )
+        self.m_route.labels("direct", "").set(1)
+        self.m_switches = Gauge(
+            "raven_cacheproxy_upstream_switches",
+            "Times upstream traffic moved to another route since start",
+            registry=self.registry,
+        )
+        self.m_path_ok = Gauge(
+            "raven_cacheproxy_path_file_ok",
+            "0 while the cloud path file is malformed (the last good path is kept)",
+            registry=self.registry,
+        )
+        self.m_path_ok.set(1)
+        self.m_refused_certs = Counter(
+            "raven_cacheproxy_refused_certificates",
+            "Requests refused for a client certificate of another identity than the node's",
+            registry=self.registry,
+        )
         self.runner: web.AppRunner | None = None
         self.port = config.port
         self.stopping = False
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             auto_decompress=True,
             timeout=aiohttp.ClientTimeout(
                 total=self.config.request_timeout, sock_connect=CONNECT_TIMEOUT
             ),
         )
+
+    def _path_changed(self, old: CloudPath, new: CloudPath) -> None:
+        """One series for the route in use: the old one goes, so a sum over nodes counts each
+        node once."""
+        with contextlib.suppress(KeyError):
+            self.m_route.remove(old.mode, old.via)
+        self.m_route.labels(new.mode, new.via).set(1)
+
+    def _server_context(self) -> ssl.SSLContext | None:
+        if not (self.config.tls_cert and self.config.tls_key):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        if self.node is not None:
+            # Ask for a client certificate; one that does not chain to the client CA fails the
+            # handshake (Python's ssl cannot ask without verifying), no certificate is fine.
+            ctx.load_verify_locations(cafile=str(self.config.client_ca or self.config.ca_cert))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
+    async def start(self) -> None:
+        await self.upstream.start()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        server_ctx = None
-        if self.config.tls_cert and self.config.tls_key:
-            server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            server_ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        server_ctx = self._server_context()
         site = web.TCPSite(self.runner, self.config.host, self.config.port, ssl_context=server_ctx)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.health.start(self.session)
+        self.health.start(self.upstream)
         self._sweeper = asyncio.create_task(self._sweep(), name="raven-cacheproxy-sweep")
 
     async def stop(self) -> None:
@@ -278,8 +363,7 @@ class CacheProxy:
         await self.health.stop()
         if self.runner:
             await self.runner.cleanup()
-        if self.session:
-            await self.session.close()
+        await self.upstream.stop()
         await asyncio.to_thread(self.cache.close)
 
     async def _sweep(self) -> None:
@@ -290,13 +374,26 @@ class CacheProxy:
 
     # -- the request's shape and the decision -------------------------------------------------
 
-    def shape(self, request: web.Request) -> Shape:
+    def identify(self, request: web.Request) -> tuple[Presented, Subject | None]:
+        """What to present upstream for ``request``'s client, and its certificate's subject."""
+        if self.node is None:
+            return Presented.OWN, None
+        transport = request.transport
+        peer = peer_subject(transport.get_extra_info("peercert") if transport else None)
+        self.node.context()  # the subject of a rotated certificate, before comparing
+        return judge(peer, self.node.subject), peer
+
+    def shape(self, request: web.Request, peer: Subject | None = None) -> Shape:
+        """``peer``: the subject of the node's own certificate when the client showed it."""
         query: dict[str, list[str]] = {}
         pairs = list(request.query.items())
         for k, v in pairs:
             query.setdefault(k, []).append(v)
         info = request_info(request.method, request.path, query)
         cred = credential(request.headers.get("Authorization"))
+        upstream_ssl = None
+        if peer is not None and self.node is not None:
+            cred, upstream_ssl = certificate_credential(peer), self.node.context()
         read = watch = None
         if request.method in READ_METHODS and info.watch:
             watch = watch_key(
@@ -316,7 +413,7 @@ class CacheProxy:
                 accept=request.headers.get("Accept", ""),
                 identity=identity_headers(list(request.headers.items())),
             )
-        return Shape(info, cred, read, watch)
+        return Shape(info, cred, read, watch, upstream_ssl)
 
     def state(self, shape: Shape, healthy: bool) -> State:
         key = shape.key
@@ -333,7 +430,18 @@ class CacheProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path in OWN_PATHS:
             return self.own(request)
-        shape = self.shape(request)
+        presented, peer = self.identify(request)
+        if presented is Presented.REFUSED:
+            assert peer is not None and self.node is not None
+            self.m_refused_certs.inc()
+            return status_body(
+                403,
+                "Forbidden",
+                f"this proxy speaks only for its node ({self.node.subject.describe()}); the "
+                f"client certificate of {peer.describe()} is refused: go to the API server "
+                "directly",
+            )
+        shape = self.shape(request, peer if presented is Presented.NODE else None)
         return await self.act(request, shape, self.health.healthy)
 
     async def act(self, request: web.Request, shape: Shape, healthy: bool) -> web.StreamResponse:
@@ -437,6 +545,8 @@ class CacheProxy:
         self.m_watches.set(self.cache.open_watches)
         self.m_written.set(self.cache.store.submitted_bytes)
         self.m_commits.set(self.cache.store.commits)
+        self.m_switches.set(self.upstream.switches)
+        self.m_path_ok.set(0 if self.upstream.follower and self.upstream.follower.error else 1)
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": "text/plain; version=0.0.4"},
@@ -461,15 +571,14 @@ class CacheProxy:
         return verdict
 
     async def forward(self, request: web.Request, shape: Shape) -> web.StreamResponse:
-        assert self.session is not None
         url, headers = self._upstream(request)
         body = await request.read()
-        async with self.session.request(
+        async with self.upstream.request(
             request.method,
             url,
             headers=headers,
             data=body or None,
-            ssl=self.ssl_ctx,
+            ssl=shape.upstream_ssl or self.ssl_ctx,
             allow_redirects=False,
         ) as up:
             data = await up.read()
@@ -512,7 +621,8 @@ class CacheProxy:
 
     async def stream(self, request: web.Request, shape: Shape) -> web.StreamResponse:
         """Stream a long-running request through as it comes, without a total timeout. A watch's
-        events are folded into the list it continues.
+        events are folded into the list it continues. A change of the upstream route ends the
+        stream (its client watches again, through the new route).
 
         Losing the cloud (by the probe) ends the upstream side. A watch's client is then held,
         silent, like an offline watch, and ended once the cloud is back, so it watches again at
@@ -521,16 +631,16 @@ class CacheProxy:
         just ends. An upstream that breaks while the cloud is healthy ends the client's stream at
         once; the cloud's state is the probe's business.
         """
-        assert self.session is not None
         url, headers = self._upstream(request)
         body = await request.read()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
-        async with self.session.request(
+        route = self.upstream.changed
+        async with self.upstream.request(
             request.method,
             url,
             headers=headers,
             data=body or None,
-            ssl=self.ssl_ctx,
+            ssl=shape.upstream_ssl or self.ssl_ctx,
             timeout=timeout,
             allow_redirects=False,
         ) as up:
@@ -551,10 +661,19 @@ class CacheProxy:
             if shape.watch is not None:
                 self.cache.watched(shape.watch, +1)
             try:
-                while not pump.done() and self.health.healthy and not self.stopping:
-                    changed = asyncio.ensure_future(self.health.changed.wait())
-                    await asyncio.wait({pump, changed}, return_when=asyncio.FIRST_COMPLETED)
-                    changed.cancel()
+                while (
+                    not pump.done()
+                    and self.health.healthy
+                    and not self.stopping
+                    and not route.is_set()
+                ):
+                    wakes = {
+                        asyncio.ensure_future(self.health.changed.wait()),
+                        asyncio.ensure_future(route.wait()),
+                    }
+                    await asyncio.wait({pump, *wakes}, return_when=asyncio.FIRST_COMPLETED)
+                    for wake in wakes:
+                        wake.cancel()
             finally:
                 await cancel_and_wait(pump)
                 if shape.watch is not None:

@@ -93,11 +93,29 @@ def run_proxy(
     tls: tuple[Path, Path] | None = None,
     cache: CacheConfig | None = None,
     request_timeout: float | None = None,
+    node: tuple[Path, Path] | None = None,
+    client_ca: Path | None = None,
+    path_file: Path | None = None,
+    path_poll: float = 0.05,
 ) -> Iterator[ProxyHandle]:
-    """``tls`` = (cert, key) for 127.0.0.1; the API server's own pair from run_apiserver fits."""
+    """``tls`` = (cert, key) for 127.0.0.1; the API server's own pair from run_apiserver fits.
+    ``node`` = the node's client (cert, key) to present for its clients (needs ``tls``);
+    ``path_file`` = the node's cloud path file, looked at every ``path_poll`` seconds."""
     cert, key = tls if tls else (None, None)
+    node_cert, node_key = node if node else (None, None)
     config = ProxyConfig(
-        upstream, ca_cert, cache_dir, port=0, health=health, tls_cert=cert, tls_key=key
+        upstream,
+        ca_cert,
+        cache_dir,
+        port=0,
+        health=health,
+        tls_cert=cert,
+        tls_key=key,
+        node_cert=node_cert,
+        node_key=node_key,
+        client_ca=client_ca,
+        path_file=path_file,
+        path_poll=path_poll,
     )
     if cache is not None:
         config.cache = cache
