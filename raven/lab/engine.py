@@ -301,7 +301,7 @@ def _start_apiserver(
         state_dir / "pki",
         [str(lab.api_ip), api_host_ip, "localhost"],
         extra={proxies.CERT_NAME: list(proxies.CERT_HOSTS)},
-        clients=node_clients(n.name for n in _own_nodes(lab, st)),
+        clients=node_clients(n.name for n in lab.nodes),  # pods of external nodes too
     )
     host_url = f"https://{api_host_ip}:{lab.api_port}"
     node_url = f"https://{lab.api_ip}:{lab.api_port}"

@@ -43,6 +43,20 @@ class PodError(RuntimeError):
     """A container of the pod failed to start or an init container failed."""
 
 
+KUBELET_CLIENT_PEM = "var/lib/kubelet/pki/kubelet-client-current.pem"
+
+
+def install_kubelet_certificate(root: Path, cert: Path, key: Path) -> Path:
+    """Put a node's client certificate where kubeadm's kubelet keeps it, under the node's root:
+    certificate and key in one file, root's, mode 0600."""
+    pem = root / KUBELET_CLIENT_PEM
+    pem.parent.mkdir(parents=True, exist_ok=True)
+    pem.touch(mode=0o600)
+    pem.chmod(0o600)
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    return pem
+
+
 def expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' ``$(VAR)`` expansion: known names replaced, unknown ones left as written."""
     return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), text)

@@ -42,6 +42,16 @@ def test_image_runs_as_an_unprivileged_user_by_default(docker: Engine, image: st
     assert (code, out.strip()) == (0, "65532")
 
 
+def test_heartbeat_entry_point_starts_and_names_a_bad_setting(docker: Engine, image: str) -> None:
+    code, out = run(docker, image, "raven-heartbeat", "--help")
+    assert code == 0 and "--relay-port" in out and "--path-file" in out, out
+    code, out = run(
+        docker, image, "raven-heartbeat", "--node", "n1", "--upstream", "http://198.18.0.1:6443",
+        "--path-file", "/tmp/p.json",
+    )  # fmt: skip
+    assert code == 2 and "--upstream" in out, out
+
+
 def test_agent_entry_point_starts_and_names_a_bad_setting(docker: Engine, image: str) -> None:
     code, out = run(docker, image, "raven-agent", "--help")
     assert code == 0 and "--node-name" in out and "--cleanup" in out, out

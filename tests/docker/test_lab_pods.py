@@ -26,14 +26,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from raven.lab import deployment, engine, matrix
-from raven.lab.apiserver.pki import Pki
+from raven.lab.apiserver.pki import Pki, node_client_name
 from raven.lab.dockerd import Engine
 from raven.lab.topology import Lab, load_topology_file, resolve
-from tests.lab.labkit import LabEnv
+from tests.lab.labkit import LabEnv, ns_exec
 from tests.lab.steady import SteadyPing
 from tests.manifests import NAMESPACE, Obj, pod_spec
+from tests.waiting import wait_for
 
-from .kubelet import LABEL, Cluster, Pod, remove_labelled
+from .kubelet import LABEL, Cluster, Pod, install_kubelet_certificate, remove_labelled
 
 pytestmark = pytest.mark.root
 TOPOLOGY = Path(__file__).resolve().parents[2] / "netns-lab" / "small.yaml"
@@ -100,6 +101,10 @@ class LabPods:
         shutil.rmtree(self.roots, ignore_errors=True)
 
 
+def pod_spec_of(lab_pods: LabPods) -> Obj:
+    return next(iter(lab_pods.pods.values())).spec
+
+
 @pytest.fixture(scope="module")
 def lab_pods(
     docker: Engine, image: str, manifests: list[Obj], tmp_path_factory: pytest.TempPathFactory
@@ -140,6 +145,9 @@ def lab_pods(
             pki.ca_cert,
             deployment.agent_token(env.state_dir),
         )
+        # Each node's kubelet client certificate, where the pod's proxy and heartbeat read it.
+        for name in lp.pods:
+            install_kubelet_certificate(roots / name, *pki.extra_pair(node_client_name(name)))
         start = time.monotonic()
         for pod in lp.pods.values():
             pod.cluster = cluster
@@ -175,6 +183,34 @@ def test_agent_probes_are_green_in_every_pod(lab_pods: LabPods) -> None:
     for pod in lab_pods.pods.values():
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
             pod.wait_probe("agent", kind, timeout=10)
+
+
+def test_heartbeat_runs_as_the_node_and_relays_for_its_pool(lab_pods: LabPods) -> None:
+    """Each pod's heartbeat is ready (it knows its pool's members: it listed Nodes as the node,
+    with the kubelet's certificate, through the pod's proxy), and a member's relay answers
+    another member with what the pool's agent says of the gateway."""
+    for pod in lab_pods.pods.values():
+        for kind in ("livenessProbe", "readinessProbe"):
+            pod.wait_probe("heartbeat", kind, timeout=30)
+    port = next(
+        p["containerPort"]
+        for p in pod_spec_of(lab_pods)["containers"][2]["ports"]
+        if p["name"] == "relay"
+    )
+    for pool in ("edge-a", "edge-b"):
+        a, b = sorted(n.name for n in lab_pods.lab.nodes if n.pool == pool)
+        node_a = next(n for n in lab_pods.lab.nodes if n.name == a)
+        node_b = next(n for n in lab_pods.lab.nodes if n.name == b)
+
+        url = f"http://{node_b.ip}:{port}/relay"
+        holder = lab_pods.holder(pool)
+        want = {"node": b, "pool": pool, "reachesCloud": True, "gateway": holder == b}
+
+        def answers(ns: str = node_a.netns, url: str = url, want: dict = want) -> bool:
+            res = ns_exec(ns, "curl", "-s", "--max-time", "5", url)
+            return res.returncode == 0 and bool(res.stdout) and json.loads(res.stdout) == want
+
+        wait_for(answers, 30, f"{b}'s relay answering {a}: {want}")
 
 
 def test_agent_container_restart_keeps_its_key_and_the_data_path(lab_pods: LabPods) -> None:

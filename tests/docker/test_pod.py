@@ -24,15 +24,20 @@ from raven.lab.dockerd import Engine
 from raven.lab.testing.apiserver import ApiServerHandle, run_apiserver
 from tests.manifests import DEPLOY, NAMESPACE, Obj, from_files, one, pod_spec
 
-from .kubelet import Cluster, Pod
+from .kubelet import Cluster, Pod, install_kubelet_certificate
 
 pytestmark = pytest.mark.root
-PROXY_UID = 65532
+OLD_PROXY_UID = 65532  # the proxy's user before it held the node's identity
+
+
+def node_name(node_root: Path) -> str:
+    return f"dock{node_root.parent.name[-6:]}".lower()
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[ApiServerHandle]:
-    with run_apiserver(tmp_path / "api") as handle:
+def api(tmp_path: Path, node_root: Path) -> Iterator[ApiServerHandle]:
+    with run_apiserver(tmp_path / "api", nodes=[node_name(node_root)]) as handle:
+        install_kubelet_certificate(node_root, *handle.node_client_pair(node_name(node_root)))
         yield handle
 
 
@@ -51,8 +56,7 @@ def pod(
 ) -> Iterator[Pod]:
     spec = pod_spec(manifests)
     cluster = Cluster(manifests, api.host, api.port, api.ca_cert, api.token)
-    node = f"dock{node_root.parent.name[-6:]}".lower()
-    the_pod = Pod(docker, cluster, NAMESPACE, spec, node, node_root)
+    the_pod = Pod(docker, cluster, NAMESPACE, spec, node_name(node_root), node_root)
     try:
         yield the_pod
     finally:
@@ -70,8 +74,8 @@ def test_prepare_makes_the_state_folders_and_a_loopback_certificate_once(pod: Po
     pod.run_init()
     state = pod.root / "var/lib/raven"
     assert mode_owner(state / "agent") == (0o700, 0)
-    assert mode_owner(state / "cache-proxy") == (0o700, PROXY_UID)
-    assert mode_owner(state / "tls/tls.key") == (0o600, PROXY_UID)
+    assert mode_owner(state / "cache-proxy") == (0o700, 0)
+    assert mode_owner(state / "tls/tls.key") == (0o600, 0)
     assert mode_owner(state / "tls/tls.crt") == (0o644, 0)
     cert = (state / "tls/tls.crt").read_bytes()
     san = subprocess.run(
@@ -84,9 +88,19 @@ def test_prepare_makes_the_state_folders_and_a_loopback_certificate_once(pod: Po
     # A restarted pod keeps the node's certificate: the kubelet's kubeconfig may trust it.
     pod.run_init()
     assert (state / "tls/tls.crt").read_bytes() == cert
+    # A node upgraded from a proxy that ran as its own user: its cache and key are taken back.
+    os.chown(state / "tls/tls.key", OLD_PROXY_UID, OLD_PROXY_UID)
+    (state / "cache-proxy/cache.sqlite").write_bytes(b"")
+    for path in (state / "cache-proxy", state / "cache-proxy/cache.sqlite"):
+        os.chown(path, OLD_PROXY_UID, OLD_PROXY_UID)
+    pod.run_init()
+    assert mode_owner(state / "tls/tls.key") == (0o600, 0)
+    assert mode_owner(state / "cache-proxy")[1] == 0
+    assert (state / "cache-proxy/cache.sqlite").stat().st_uid == 0
+    assert (state / "tls/tls.crt").read_bytes() == cert
 
 
-def test_cache_proxy_runs_as_its_own_user_and_its_probes_turn_green(
+def test_cache_proxy_runs_without_capabilities_and_its_probes_turn_green(
     pod: Pod, api: ApiServerHandle
 ) -> None:
     port = pod.container_spec("cache-proxy")["livenessProbe"]["httpGet"]["port"]
@@ -97,8 +111,9 @@ def test_cache_proxy_runs_as_its_own_user_and_its_probes_turn_green(
     pod.start_container("cache-proxy")
     pod.wait_probe("cache-proxy", "livenessProbe", timeout=30)
     pod.wait_probe("cache-proxy", "readinessProbe", timeout=30)
+    # Root, to read the kubelet's client key (root's, 0600), and not one capability.
     uid = pod.exec("cache-proxy", "id", "-u").stdout.strip()
-    assert uid == str(PROXY_UID)
+    assert uid == "0"
     status = pod.exec("cache-proxy", "sh", "-c", "grep -E '^(Uid|CapEff)' /proc/1/status").stdout
     assert "CapEff:\t0000000000000000" in status, status
 
@@ -161,7 +176,7 @@ def test_uninstall_daemonset_removes_raven_state_and_nothing_else(
         (state / "agent/private.key").write_text("secret\n")
         (state / "cache-proxy").mkdir(mode=0o700)
         (state / "cache-proxy/object").write_text("{}")
-        os.chown(state / "cache-proxy", PROXY_UID, PROXY_UID)
+        os.chown(state / "cache-proxy", OLD_PROXY_UID, OLD_PROXY_UID)
         main_before = sh_in(pid, "ip", "route", "show", "table", "main")
 
         node.start()

@@ -35,7 +35,7 @@ from raven.lab import deployment, engine
 from raven.lab.bench.heartbeat import DELEGATE, VIA, Sampler, parse_time
 from raven.lab.topology import Lab, Node, Pod
 
-from .labkit import KUBECTL, LabEnv, make_env, ns_exec, up_args, wait_for, wait_reachable
+from .labkit import KUBECTL, LabEnv, make_env, ns_exec, wait_for, wait_reachable
 from .steady import SteadyPing
 
 pytestmark = pytest.mark.root
@@ -110,7 +110,7 @@ class Running:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     env = make_env(tmp_path_factory, "hb")
-    res = env.raven(*up_args(), timeout=240)
+    res = env.raven("up", timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     try:
         _, lab = engine.load(engine.Settings(state_dir=env.state_dir, prefix=env.prefix))

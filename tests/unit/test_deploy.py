@@ -83,6 +83,7 @@ def test_renders_exactly_the_objects_of_an_install(objs: list[Obj]) -> None:
             ("RoleBinding", EVENTS.namespace, "raven-agent-events"),
             ("ConfigMap", NAMESPACE, "raven-config"),
             ("ConfigMap", NAMESPACE, "raven-agent-kubeconfig"),
+            ("ConfigMap", NAMESPACE, "raven-node-kubeconfig"),
             ("DaemonSet", NAMESPACE, "raven"),
         ]
     )
@@ -157,10 +158,10 @@ def test_the_settings_written_out_are_the_agents_defaults(objs: list[Obj]) -> No
         assert getattr(parsed, name) == default, f"{key}: {value!r}, default {default!r}"
 
 
-def test_daemonset_pod_runs_agent_and_proxy_on_the_host_network(objs: list[Obj]) -> None:
+def test_daemonset_pod_runs_agent_proxy_and_heartbeat_on_the_host_network(objs: list[Obj]) -> None:
     ds = one(objs, "DaemonSet", "raven", NAMESPACE)
     spec = pod_spec(objs)
-    assert [c["name"] for c in spec["containers"]] == ["agent", "cache-proxy"]
+    assert [c["name"] for c in spec["containers"]] == ["agent", "cache-proxy", "heartbeat"]
     assert [c["name"] for c in spec["initContainers"]] == ["prepare"]
     assert spec["hostNetwork"] is True
     assert spec["serviceAccountName"] == "raven-agent"
@@ -182,10 +183,12 @@ def test_agent_is_root_with_net_admin_and_net_raw_only(objs: list[Obj]) -> None:
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
     assert sc.get("privileged", False) is False and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
-    proxy = container(spec, "cache-proxy")["securityContext"]
-    assert proxy["runAsNonRoot"] is True and proxy["runAsUser"] != 0
-    assert proxy["capabilities"] == {"drop": ["ALL"]}
-    assert proxy["readOnlyRootFilesystem"] is True
+    # The proxy and the heartbeat read the kubelet's client key (root's, 0600): root, but with
+    # no capability at all.
+    for name in ("cache-proxy", "heartbeat"):
+        sc = container(spec, name)["securityContext"]
+        assert sc["runAsUser"] == 0 and sc["capabilities"] == {"drop": ["ALL"]}, name
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     prepare = spec["initContainers"][0]["securityContext"]
     assert prepare["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
 
@@ -262,6 +265,49 @@ def test_every_container_is_probed_on_its_own_health_port(objs: list[Obj]) -> No
         "annotations"
     ]
     assert annotations["prometheus.io/port"] == str(health_port)
+
+
+def test_heartbeat_and_proxy_share_the_node_identity_and_the_cloud_path(objs: list[Obj]) -> None:
+    spec = pod_spec(objs)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    proxy, heartbeat = container(spec, "cache-proxy"), container(spec, "heartbeat")
+    # One cloud path file: the heartbeat writes it, the proxy only reads it.
+    path = arg(heartbeat, "path-file")
+    assert arg(proxy, "path-file") == path
+    hb_mount, proxy_mount = mounts(heartbeat)[str(Path(path).parent)], mounts(proxy)[
+        str(Path(path).parent)
+    ]
+    assert hb_mount["name"] == proxy_mount["name"]
+    assert not hb_mount.get("readOnly") and proxy_mount["readOnly"] is True
+    assert "emptyDir" in volumes[hb_mount["name"]]
+    # The heartbeat acts as the node: the kubelet's certificate, through the node's proxy, which
+    # presents that same certificate upstream.
+    kc_path = Path(arg(heartbeat, "kubeconfig"))
+    cm = volumes[mounts(heartbeat)[str(kc_path.parent)]["name"]]["configMap"]["name"]
+    kubeconfig = yaml.safe_load(one(objs, "ConfigMap", cm, NAMESPACE)["data"][kc_path.name])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://127.0.0.1:{PROXY_PORT}"
+    user = kubeconfig["users"][0]["user"]
+    assert set(user) == {"client-certificate", "client-key"}
+    assert user["client-certificate"] == arg(proxy, "node-cert")
+    assert user["client-key"] == arg(proxy, "node-key")
+    pki = str(Path(user["client-certificate"]).parent)
+    for c in (proxy, heartbeat):
+        m = mounts(c)[pki]
+        assert m["readOnly"] is True and volumes[m["name"]]["hostPath"]["path"] == pki
+    assert not any("secrets" in p for p in mounts(heartbeat)), "the heartbeat holds no token"
+    # It probes the address the proxy forwards to, and relays to that one only.
+    assert arg(heartbeat, "upstream") == arg(proxy, "upstream")
+    assert arg(heartbeat, "ca-cert") == arg(proxy, "ca-cert")
+    ports = {p["name"]: p["containerPort"] for p in heartbeat["ports"]}
+    assert ports["relay"] == int(arg(heartbeat, "relay-port"))
+    assert ports["hb-health"] == int(arg(heartbeat, "health-port"))
+    beacon = int(settings(objs)["RAVEN_BEACON_PORT"])
+    health = int(settings(objs)["RAVEN_HEALTH_PORT"])
+    assert len({ports["relay"], ports["hb-health"], beacon, health, PROXY_PORT}) == 5
+    for probe, p in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert heartbeat[probe]["httpGet"] == {"path": p, "port": "hb-health"}
+    env = {e["name"]: e for e in heartbeat["env"]}
+    assert env["RAVEN_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
 
 def test_the_proxy_outlives_the_agent_lease_release(objs: list[Obj]) -> None:
