@@ -11,9 +11,12 @@ still authenticates the client's own credential (or the node's certificate).
 The route follows the file: :class:`Upstream` polls it (a ``stat`` every ``poll_interval``, a
 read only when it changed). When the relay changes it opens a fresh client session for the new
 route and retires the old one: ``changed`` fires at once, so streams held on the old route end and
-their clients watch again through the new one, and the probe tries the new route at once; the old
-session is closed when its last request is done, or after ``RETIRE_GRACE`` seconds whatever it
-still carries. ``direct`` and ``none`` both mean no relay (with ``none`` the probe keeps finding
+their clients watch again through the new one, and the probe tries the new route at once. The
+heartbeat moves away from a route because it stopped working (the node's own path, or a relay
+that went away), so requests still running on it are ended at once: a write hanging on a dead
+path would otherwise hold its client (the kubelet's renewal) until its own timeout. Only back to
+``direct`` after a heal is the relay still fine: then the old session is closed when its last
+request is done, or after ``RETIRE_GRACE`` seconds whatever it still carries. ``direct`` and ``none`` both mean no relay (with ``none`` the probe keeps finding
 the cloud unreachable and the cache answers), so a change between them keeps the session. A
 malformed file keeps the last good route; its error is logged once, not on every poll.
 """
@@ -31,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from raven.aio import cancel_and_wait
-from raven.cloudpath import VIA, CloudPath, PathFollower
+from raven.cloudpath import DIRECT, VIA, CloudPath, PathFollower
 
 log = logging.getLogger(__name__)
 
@@ -137,26 +140,26 @@ class Upstream:
             self._on_change(old, new)
         if self._route is None or relay_of(new) == self._route.relay:
             return False
-        self._switch(relay_of(new))
+        self._switch(relay_of(new), grace=RETIRE_GRACE if new.mode == DIRECT else 0.0)
         return True
 
-    def _switch(self, relay: str | None) -> None:
+    def _switch(self, relay: str | None, *, grace: float = RETIRE_GRACE) -> None:
         old = self._route
         self._route = _Route(self._make_session(), relay)
         self.switches += 1
         if old is not None:
             old.retired = True
-            task = asyncio.create_task(self._retire(old), name="raven-cacheproxy-retire")
+            task = asyncio.create_task(self._retire(old, grace), name="raven-cacheproxy-retire")
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
         done, self.changed = self.changed, asyncio.Event()
         done.set()
 
     @staticmethod
-    async def _retire(route: _Route) -> None:
+    async def _retire(route: _Route, grace: float) -> None:
         try:
-            if route.running:
-                async with asyncio.timeout(RETIRE_GRACE):
+            if route.running and grace > 0:
+                async with asyncio.timeout(grace):
                     await route.idle.wait()
         except TimeoutError:
             pass

@@ -7,6 +7,7 @@ namespace, does that part the way kubelet v1.30 does, with its defaults:
 - it authenticates as the node (client certificate ``CN=system:node:<name>``, ``O=system:nodes``)
   through the node's cache-proxy (``STATE/nodes/<node>/kubelet.kubeconfig``), with kubelet's
   User-Agent;
+- a request gets 10 s (``nodeStatusUpdateFrequency``), as the kubelet's heartbeat client;
 - it renews ``kube-node-lease/<node>`` every 10 s (a quarter of the Lease's 40 s duration): an
   update of the Lease it last wrote with a new ``renewTime``, keeping whatever else is on it
   (the heartbeat's annotations); on a conflict it reads the Lease again; it creates the Lease
@@ -33,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from raven.kube.client import KubeClient, load_config
+from raven.kube.client import KubeClient, Timeouts, load_config
 from raven.kube.errors import Conflict, KubeError, NotFound
 from raven.kube.resources import NODES, leases
 from raven.logs import configure as configure_logging
@@ -207,7 +208,9 @@ async def serve_healthz(host: str, port: int) -> web.AppRunner:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    kube = KubeClient(load_config(args.kubeconfig), user_agent=USER_AGENT)
+    # The kubelet's heartbeat client gives up on a request after nodeStatusUpdateFrequency.
+    timeouts = Timeouts(connect=5.0, read=STATUS_INTERVAL)
+    kube = KubeClient(load_config(args.kubeconfig, timeouts=timeouts), user_agent=USER_AGENT)
     kubelet = Kubelet(kube, args.node, status_interval=args.status_interval)
     runner = await serve_healthz(args.healthz_host, args.healthz_port)
     print(f"{READY_LINE} {args.healthz_host}:{args.healthz_port} node={args.node}", flush=True)

@@ -4,20 +4,26 @@ using it; a malformed file changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import logging
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from raven.cloudpath import DIRECT, VIA, CloudPath, write_path
+from raven.lab.apiserver.pki import make_pki
 from raven.lab.testing.apiserver import ApiServerHandle, run_apiserver
 from raven.lab.testing.cacheproxy import ProxyHandle, run_proxy
-from raven.lab.testing.connectrelay import RelayHandle, run_relay
+from raven.cacheproxy.upstream import Upstream
+from raven.lab.testing.connectrelay import ConnectRelay, RelayHandle, run_relay
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -142,3 +148,83 @@ def test_a_malformed_path_file_keeps_the_last_route_and_is_logged_once(
     wait_for("direct", lambda: proxy.proxy.upstream.relay is None)
     assert proxy.metrics()["raven_cacheproxy_path_file_ok"] == 1
     assert api.token not in caplog.text
+
+
+# ---- requests in flight when the route changes ------------------------------------------------
+
+
+async def _hanging_server(tmp_path: Path) -> tuple[asyncio.Server, str, ssl.SSLContext]:
+    """An HTTPS "API server" that accepts and reads, and never answers: a path that died
+    mid-request. Returns it, its URL and a client context that trusts it."""
+    pki = make_pki(tmp_path / "pki", ["127.0.0.1"])
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pki.server_cert, pki.server_key)
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while await reader.read(4096):
+                pass
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/api/v1/nodes"
+    return server, url, ssl.create_default_context(cafile=str(pki.ca_cert))
+
+
+async def _in_flight(upstream: Upstream, url: str, ctx: ssl.SSLContext) -> asyncio.Task[None]:
+    async def call() -> None:
+        async with upstream.request("GET", url, ssl=ctx) as resp:
+            await resp.read()
+
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    return task
+
+
+async def test_leaving_a_dead_route_ends_its_requests_at_once(tmp_path: Path) -> None:
+    """The heartbeat moves to a relay because the direct path died: a write hanging on it (the
+    kubelet's renewal) fails now, not after its own timeout, and is retried the new way."""
+    server, url, ctx = await _hanging_server(tmp_path)
+    relay = ConnectRelay()
+    await relay.start()
+    path_file = tmp_path / "cloud-path.json"
+    upstream = Upstream(aiohttp.ClientSession, path_file, poll_interval=60)
+    await upstream.start()
+    try:
+        task = await _in_flight(upstream, url, ctx)
+        write_path(path_file, CloudPath(VIA, "edge-a-1", relay.url, time.time()))
+        t0 = time.monotonic()
+        assert upstream.poll()
+        with pytest.raises(aiohttp.ClientError):
+            await asyncio.wait_for(task, 5)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        await upstream.stop()
+        await relay.stop()
+        server.close()
+
+
+async def test_back_to_direct_lets_requests_on_the_relay_finish(tmp_path: Path) -> None:
+    """After a heal the relay still works: what runs through it may finish (up to a grace)."""
+    server, url, ctx = await _hanging_server(tmp_path)
+    relay = ConnectRelay()
+    await relay.start()
+    path_file = tmp_path / "cloud-path.json"
+    write_path(path_file, CloudPath(VIA, "edge-a-1", relay.url, time.time()))
+    upstream = Upstream(aiohttp.ClientSession, path_file, poll_interval=60)
+    await upstream.start()
+    try:
+        upstream.poll()
+        assert upstream.relay == relay.url
+        task = await _in_flight(upstream, url, ctx)
+        write_path(path_file, CloudPath(DIRECT, since=time.time()))
+        assert upstream.poll()
+        await asyncio.sleep(1.0)
+        assert not task.done(), "a request on the healthy relay was cut short"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await upstream.stop()
+        await relay.stop()
+        server.close()
