@@ -16,7 +16,8 @@ heartbeat moves away from a route because it stopped working (the node's own pat
 that went away), so requests still running on it are ended at once: a write hanging on a dead
 path would otherwise hold its client (the kubelet's renewal) until its own timeout. Only back to
 ``direct`` after a heal is the relay still fine: then the old session is closed when its last
-request is done, or after ``RETIRE_GRACE`` seconds whatever it still carries. ``direct`` and ``none`` both mean no relay (with ``none`` the probe keeps finding
+request is done, or after ``RETIRE_GRACE`` seconds whatever it still carries.
+``direct`` and ``none`` both mean no relay (with ``none`` the probe keeps finding
 the cloud unreachable and the cache answers), so a change between them keeps the session. A
 malformed file keeps the last good route; its error is logged once, not on every poll.
 """

@@ -18,11 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from raven.cacheproxy.upstream import Upstream
 from raven.cloudpath import DIRECT, VIA, CloudPath, write_path
 from raven.lab.apiserver.pki import make_pki
 from raven.lab.testing.apiserver import ApiServerHandle, run_apiserver
 from raven.lab.testing.cacheproxy import ProxyHandle, run_proxy
-from raven.cacheproxy.upstream import Upstream
 from raven.lab.testing.connectrelay import ConnectRelay, RelayHandle, run_relay
 
 
