@@ -109,5 +109,23 @@ def test_the_agent_metrics_documented_are_the_ones_it_exports() -> None:
         if line and not line.startswith("#")
     ]
     exported = {base_name(m) for m in samples if not m.endswith("_created")}
-    documented_agent = {m for m in documented() if not m.startswith("raven_cacheproxy_")}
+    documented_agent = {
+        m for m in documented() if not m.startswith(("raven_cacheproxy_", "raven_heartbeat_"))
+    }
     assert exported == documented_agent
+
+
+def test_the_heartbeat_metrics_documented_are_the_ones_it_exports() -> None:
+    from prometheus_client import generate_latest
+
+    from raven.heartbeat.metrics import HeartbeatMetrics
+
+    metrics = HeartbeatMetrics()
+    samples = [
+        line.split("{")[0].split()[0]
+        for line in generate_latest(metrics.registry).decode().splitlines()
+        if line and not line.startswith("#")
+    ]
+    exported = {base_name(m) for m in samples if not m.endswith("_created")}
+    documented_heartbeat = {m for m in documented() if m.startswith("raven_heartbeat_")}
+    assert exported == documented_heartbeat
