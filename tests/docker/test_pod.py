@@ -9,6 +9,7 @@ runs in a namespace of its own.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import stat
@@ -31,7 +32,8 @@ OLD_PROXY_UID = 65532  # the proxy's user before it held the node's identity
 
 
 def node_name(node_root: Path) -> str:
-    return f"dock{node_root.parent.name[-6:]}".lower()
+    """A Node name (a DNS label) unique to the test, from its temporary folder's name."""
+    return "dock-" + re.sub(r"[^a-z0-9]+", "-", node_root.parent.name[-6:].lower()).strip("-")
 
 
 @pytest.fixture

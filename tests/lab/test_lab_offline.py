@@ -165,7 +165,12 @@ def test_cut_heal_and_restart_refuse_bad_input_by_name(running):
         (("heal", "node/edge-a"), "no such lab node: 'edge-a' (nodes: cloud-1,"),
         (("cut", "rack/edge-a"), "expected pool/NAME or node/NAME"),
         (("restart", "edge-z-1"), "no such lab node: 'edge-z-1'"),
-        (("restart", "edge-a-1", "--component", "kubelet"), "expected agent or cache-proxy"),
+        (
+            ("restart", "edge-a-1", "--component", "kube-proxy"),
+            "expected agent or cache-proxy or kubelet or heartbeat",
+        ),
+        (("kill", "edge-z-1", "--component", "kubelet"), "no such lab node: 'edge-z-1'"),
+        (("kill", "edge-a-1", "--component", "kube-proxy"), "expected agent or cache-proxy"),
     ]:
         res = env.raven(*args)
         assert res.returncode == 2, (args, res.stdout, res.stderr)
