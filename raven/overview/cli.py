@@ -16,7 +16,13 @@ from raven.kube import NODES, KubeClient, KubeError, Timeouts, load_config
 from raven.names import POOL_LABEL
 from raven.overview.dot import to_dot
 from raven.overview.fetch import read_overview
-from raven.overview.nodeclient import NodeStatusError, fetch_exec, fetch_http, status_url
+from raven.overview.nodeclient import (
+    HEALTH_PORT,
+    NodeStatusError,
+    fetch_exec,
+    fetch_http,
+    status_url,
+)
 from raven.overview.render import FORMATS, GraphvizError, render
 from raven.overview.tables import Table, cluster_tables, node_tables, plain, to_rich
 
@@ -74,6 +80,9 @@ def status(
             " (kubectl exec into the node's Raven pod)",
         ),
     ] = "http",
+    port: Annotated[
+        int, typer.Option("--port", help="With --node: the agent's health port (RAVEN_HEALTH_PORT)")
+    ] = HEALTH_PORT,
     kubeconfig: Kubeconfig = None,
     pool_label: PoolLabel = POOL_LABEL,
 ) -> None:
@@ -88,9 +97,9 @@ def status(
         _check_output(via, ("http", "exec"))
         try:
             if via == "exec":
-                doc = fetch_exec(node, kubeconfig=kubeconfig)
+                doc = fetch_exec(node, kubeconfig=kubeconfig, port=port)
             else:
-                doc = asyncio.run(_node_over_http(node, kubeconfig))
+                doc = asyncio.run(_node_over_http(node, kubeconfig, port))
         except (NodeStatusError, KubeError) as error:
             fail(error)
         print_node_status(doc, output)
@@ -105,11 +114,11 @@ def status(
     print_tables(cluster_tables(ov), notes)
 
 
-async def _node_over_http(node: str, kubeconfig: Path | None) -> dict[str, Any]:
+async def _node_over_http(node: str, kubeconfig: Path | None, port: int) -> dict[str, Any]:
     config = load_config(kubeconfig, timeouts=Timeouts(connect=5.0, read=15.0))
     async with KubeClient(config, user_agent="raven-status") as client:
         obj = await client.get(NODES, node)
-    return await fetch_http(status_url(obj))
+    return await fetch_http(status_url(obj, port))
 
 
 def graph(

@@ -10,6 +10,7 @@ states wins, so a tunnel that one side sees down is never drawn up.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,6 +33,9 @@ _RANK = {DOWN: 0, UNKNOWN: 1, UP: 2}
 #: Event reasons that change a pool's gateway, and the one that says why a gateway left.
 CHANGE_REASONS = ("GatewayFailover", "GatewayElected")
 STEP_DOWN_REASON = "GatewayStepDown"
+#: A step-down this long before a gateway change caused it (the step-down backoff is 30 s, a
+#: released Lease is taken within seconds).
+CAUSE_WINDOW_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -242,16 +246,30 @@ def gateway_events(events: Iterable[object], pool: str, uid: str) -> list[EventN
     return sorted(found, key=lambda e: (e.time, e.reason, e.message))
 
 
+def _seconds(stamp: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
 def last_failover(notes: list[EventNote]) -> Failover | None:
-    """The newest gateway change, with the newest step-down at or before it (what made the old
-    gateway leave; a crashed one leaves none)."""
+    """The newest gateway change, with the step-down that caused it: the newest one at most
+    :data:`CAUSE_WINDOW_S` before it and after the change before (a crashed gateway leaves
+    none; its successor noticed its silence)."""
     changes = [n for n in notes if n.reason in CHANGE_REASONS]
     if not changes:
         return None
     change = changes[-1]
-    downs = [n for n in notes if n.reason == STEP_DOWN_REASON and n.time <= change.time]
-    after_previous = changes[-2].time if len(changes) > 1 else ""
-    cause = downs[-1] if downs and downs[-1].time >= after_previous else None
+    at = _seconds(change.time)
+    after = changes[-2].time if len(changes) > 1 else ""
+    cause = None
+    for note in notes:
+        if note.reason != STEP_DOWN_REASON or not after <= note.time <= change.time:
+            continue
+        when = _seconds(note.time)
+        if at is not None and when is not None and at - when <= CAUSE_WINDOW_S:
+            cause = note
     return Failover(change, cause)
 
 

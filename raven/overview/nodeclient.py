@@ -72,7 +72,7 @@ async def fetch_http(url: str, *, timeout: float = 10.0) -> dict[str, Any]:
 
 
 def kubectl_argv(
-    node: str, *, kubeconfig: Path | None, namespace: str = NAMESPACE
+    node: str, *, kubeconfig: Path | None, namespace: str = NAMESPACE, port: int = HEALTH_PORT
 ) -> tuple[list[str], list[str]]:
     """(find the node's Raven pod, exec into it) — the second needs the pod name appended
     where ``{pod}`` stands."""
@@ -89,7 +89,7 @@ def kubectl_argv(
         "-o",
         "jsonpath={.items[0].metadata.name}",
     ]
-    script = FETCH_SCRIPT.format(port=HEALTH_PORT)
+    script = FETCH_SCRIPT.format(port=port)
     run = base + ["exec", "-n", namespace, "{pod}", "-c", CONTAINER, "--", "python3", "-c", script]
     return find, run
 
@@ -102,12 +102,17 @@ def _run(argv: Sequence[str], timeout: float) -> str:
 
 
 def fetch_exec(
-    node: str, *, kubeconfig: Path | None, namespace: str = NAMESPACE, timeout: float = 20.0
+    node: str,
+    *,
+    kubeconfig: Path | None,
+    namespace: str = NAMESPACE,
+    port: int = HEALTH_PORT,
+    timeout: float = 20.0,
 ) -> dict[str, Any]:
     """The document through ``kubectl exec`` into the node's Raven pod."""
     if shutil.which("kubectl") is None:
         raise NodeStatusError("--via exec needs kubectl on PATH")
-    find, run = kubectl_argv(node, kubeconfig=kubeconfig, namespace=namespace)
+    find, run = kubectl_argv(node, kubeconfig=kubeconfig, namespace=namespace, port=port)
     pod = _run(find, timeout).strip()
     if not pod:
         raise NodeStatusError(f"no Raven pod on node {node} in namespace {namespace}")
