@@ -4,7 +4,6 @@ compared with the objects node by node and edge by edge; PNG and SVG through Gra
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,52 +16,10 @@ from raven.kube import KubeClient
 from raven.overview.cluster import Overview, Pool, Tunnel, overview
 from raven.overview.dot import COLOURS, UNKNOWN_COLOUR, quote, to_dot, tunnel_label
 from raven.overview.render import GraphvizError, render
+from tests.dotparse import parse_dot
 from tests.unit.overviewkit import IP, NAMES, POOLS, populate
 
 pytestmark = pytest.mark.timeout(60)
-
-_NODE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" \[(.*)\];$')
-_EDGE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" -> "((?:[^"\\]|\\.)*)" \[(.*)\];$')
-_CLUSTER = re.compile(r'^\s*subgraph "cluster_((?:[^"\\]|\\.)*)" \{$')
-_DEFAULTS = re.compile(r"^\s*(graph|node|edge) \[(.*)\];$")
-_ATTR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), text)
-
-
-def parse_dot(text: str) -> dict[str, Any]:
-    """Nodes (name -> attributes, with the cluster they are drawn in), edges ((tail, head) ->
-    attributes) and clusters (name -> graph attributes) of our one-statement-per-line DOT."""
-    nodes: dict[str, dict[str, str]] = {}
-    edges: dict[tuple[str, str], dict[str, str]] = {}
-    clusters: dict[str, dict[str, str]] = {}
-    cluster: str | None = None
-    lines = text.splitlines()
-    assert lines[0] == "digraph raven {" and lines[-1] == "}"
-    for line in lines[1:-1]:
-        if m := _CLUSTER.match(line):
-            cluster = _unescape(m.group(1))
-            continue
-        if line.strip() == "}":
-            cluster = None
-            continue
-        if m := _EDGE.match(line):
-            key = (_unescape(m.group(1)), _unescape(m.group(2)))
-            assert key not in edges, f"edge {key} twice"
-            edges[key] = {k: _unescape(v) for k, v in _ATTR.findall(m.group(3))}
-            continue
-        if m := _DEFAULTS.match(line):
-            if m.group(1) == "graph" and cluster is not None:
-                clusters[cluster] = {k: _unescape(v) for k, v in _ATTR.findall(m.group(2))}
-            continue
-        if m := _NODE.match(line):
-            attrs = {k: _unescape(v) for k, v in _ATTR.findall(m.group(2))}
-            nodes[_unescape(m.group(1))] = attrs | {"cluster": cluster or ""}
-            continue
-        raise AssertionError(f"unexpected DOT line: {line!r}")
-    return {"nodes": nodes, "edges": edges, "clusters": clusters}
 
 
 async def test_dot_of_a_cluster_shows_every_pool_node_gateway_and_tunnel(
