@@ -5,6 +5,7 @@ them as aligned text, :func:`to_rich` as rich tables for a terminal.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +150,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _natural(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sort CIDRs by address (10.244.3.0/24 before 10.244.21.0/24), anything else as text."""
+    out: list[Any] = []
+    for part in key:
+        try:
+            net = ipaddress.ip_network(str(part), strict=False)
+            out.append((0, net.version, int(net.network_address), net.prefixlen, ""))
+        except ValueError:
+            out.append((1, 0, 0, 0, repr(part)))
+    return tuple(out)
+
+
 def _compare(
     planned: Iterable[Mapping[str, Any]],
     found: Iterable[Mapping[str, Any]] | None,
@@ -158,7 +171,7 @@ def _compare(
     have = {tuple(e.get(k) for k in key): e for e in (found or [])}
     want = {tuple(e.get(k) for k in key): e for e in planned}
     out: list[tuple[Mapping[str, Any], bool, bool | None]] = []
-    for k in sorted(set(have) | set(want), key=repr):
+    for k in sorted(set(have) | set(want), key=_natural):
         entry = want.get(k) or have[k]
         out.append((entry, k in want, (k in have) if found is not None else None))
     return out
