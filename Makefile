@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := iproute2 iptables wireguard-tools wireguard-go iperf3 tcpdump iputils-ping \
-	procps kmod openssl python3-venv ca-certificates conntrack curl
+	procps kmod openssl python3-venv ca-certificates conntrack curl graphviz
 # The image and the container tests: a Docker engine (started for them when none runs, see
 # raven/lab/dockerd.py) and debootstrap for a base image made without any registry.
 DOCKER_PACKAGES := docker.io debootstrap

@@ -1,9 +1,11 @@
 """The agent's data plane: a small :class:`DataPlane` protocol, and the kernel behind it.
 
 The runtime only ever asks three things of a data plane: what addresses this node has, what its
-WireGuard device holds, and to run one step (:mod:`agent.steps`). :class:`KernelDataPlane`
-answers with netlink (:mod:`raven.netlink`), ``wg``/wireguard-go (:mod:`gateway.wireguard`),
-iptables (the MSS clamp) and ``/proc/sys``; every step diffs and changes only the difference.
+WireGuard device holds, and to run one step (:mod:`agent.steps`); ``/status`` may also ask a
+data plane that has one for its ``inventory()`` (what Raven owns in the kernel, read on
+request). :class:`KernelDataPlane` answers with netlink (:mod:`raven.netlink`),
+``wg``/wireguard-go (:mod:`gateway.wireguard`), iptables (the MSS clamp) and ``/proc/sys``;
+every step diffs and changes only the difference.
 A recording fake (``raven.lab.testing.dataplane``) answers the same protocol for tests and the
 simulated fleet.
 
@@ -14,10 +16,12 @@ from one dedicated thread only.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Protocol
 
 from agent.config import AgentSettings
+from agent.nodestatus import Inventory
 from agent.steps import (
     ClampMss,
     EnableForwarding,
@@ -95,6 +99,29 @@ class KernelDataPlane:
         except WireGuardError as error:
             log.warning("cannot read %s: %s", self.settings.wg_interface, error)
             return None
+
+    def inventory(self) -> Inventory:
+        """What Raven owns in this namespace's kernel now (reads only: one dump of Raven's
+        table, the rules, the VXLAN link and ``wg show``), for ``/status``."""
+        link = self.vxlan.current()
+        vxlan = None
+        if link is not None and self.vxlan.ours(link):
+            vxlan = {
+                "dev": self.settings.vxlan_dev,
+                "vni": link.vni,
+                "port": link.port,
+                "local": link.local,
+                "mtu": link.mtu,
+                "up": link.up,
+                "rpFilter": link.rp_filter,
+            }
+        return Inventory(
+            routes=tuple(sorted(self.route_reconciler.current().values())),
+            rules=tuple(sorted(self.rule_reconciler.current().values())),
+            tunnel=self.tunnel(),
+            vxlan=vxlan,
+            read_at=time.time(),
+        )
 
     def run(self, step: Step) -> None:
         match step:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from agent.config import AgentSettings
 from agent.dataplane import DataPlane, KernelDataPlane
 from agent.metrics import AgentMetrics
+from agent.nodestatus import ApplyRecord, Facts, Inventory, RoundRecord, StepResult, document
 from agent.round import (
     BeaconPlan,
     Decision,
@@ -184,6 +185,11 @@ class Agent:
         self._planned_at = 0.0  # monotonic time of the last full round
         self._timer_only = False  # the coming round was started by the resync timer alone
         self._looping = False
+        # For /status: what the last apply and round did, the last error, the last kernel read.
+        self.last_apply: ApplyRecord | None = None
+        self.last_round: RoundRecord | None = None
+        self.last_error: tuple[float, str] | None = None
+        self._inventory: tuple[float, Inventory | None] | None = None  # (monotonic, read)
 
     # Wiring ------------------------------------------------------------------------------------
 
@@ -305,6 +311,7 @@ class Agent:
                 host=self.settings.health_host,
                 port=self.settings.health_port,
                 role=self._role,
+                status=self.status_document,
             )
             await self.health.start()
         self.beacons = await beacon.BeaconSocket.open(
@@ -408,17 +415,22 @@ class Agent:
             # picked up at once instead of at the next resync.
             self._dirty.clear()
             self._round_started = time.monotonic()
+            kind = "full"
             try:
                 if self._only_recheck():
+                    kind = "recheck"
                     await self._recheck_kernel()
                 else:
                     await self.round()
-            except Exception:  # one bad round must not kill the node's data path
+            except Exception as error:  # one bad round must not kill the node's data path
                 log.exception("round failed; the last applied state stays")
                 self.metrics.round_errors.inc()
                 self._resync_due = True
+                self.last_error = (time.time(), f"round failed: {type(error).__name__}: {error}")
             finally:
-                self.metrics.round_seconds.observe(time.monotonic() - self._round_started)
+                took = time.monotonic() - self._round_started
+                self.metrics.round_seconds.observe(took)
+                self.last_round = RoundRecord(time.time(), took, kind)
                 self._round_started = None
             waiters = [
                 asyncio.ensure_future(self._dirty.wait()),
@@ -542,6 +554,55 @@ class Agent:
             holder = view.holders.get(pool) if pool is not None else None
         return {"node": me, "pool": pool, "gateway": bool(holder) and holder == me}
 
+    async def status_document(self) -> dict[str, Any]:
+        """What ``/status`` answers (:mod:`agent.nodestatus`): the last round's view of this
+        node, and what Raven owns in the kernel, read at most once a second."""
+        view = self.memory.view
+        name = self.settings.node_name
+        pool = holder = None
+        if view is not None:
+            mine = next((n for n in view.nodes if n.name == name), None)
+            pool = mine.pool if mine is not None else None
+            holder = view.holders.get(pool) if pool is not None else None
+        s = self.stats
+        return document(
+            Facts(
+                node=name,
+                pool=pool,
+                holder=holder,
+                relay_pool=view.relay if view is not None else None,
+                role=self.memory.role,
+                ready=self._readiness(),
+                desired=self.memory.desired,
+                inventory=await self._read_inventory(),
+                last_apply=self.last_apply,
+                last_round=self.last_round,
+                last_error=self.last_error,
+                counts={
+                    "rounds": s.rounds,
+                    "applies": s.applied,
+                    "applyFailures": s.apply_failures,
+                    "statusWrites": s.status_writes,
+                    "rechecks": s.rechecks,
+                },
+            )
+        )
+
+    async def _read_inventory(self) -> Inventory | None:
+        cached = self._inventory
+        if cached is not None and time.monotonic() - cached[0] < 1.0:
+            return cached[1]
+        read = getattr(self.dataplane, "inventory", None)
+        found: Inventory | None = None
+        if callable(read):
+            try:
+                async with asyncio.timeout(5):
+                    found = await self._plane(read)
+            except Exception as error:  # noqa: BLE001 - the endpoint says what it could
+                log.warning("cannot read the kernel for /status: %s", error)
+        self._inventory = (time.monotonic(), found)
+        return found
+
     def _measure(self, observed: Observed, decision: Decision) -> None:
         m, view = self.metrics, self.memory.view
         writes = getattr(self.dataplane, "writes_by_kind", None)
@@ -580,7 +641,10 @@ class Agent:
             return
         steps = await self._resolve(decision.steps)
         assert self.dataplane is not None
-        failures = await self._plane(self._run_steps, self.dataplane, steps)
+        started, at = time.monotonic(), time.time()
+        results: list[StepResult] = []
+        failures = await self._plane(self._run_steps, self.dataplane, steps, results)
+        self.last_apply = ApplyRecord(at, time.monotonic() - started, tuple(results))
         self.stats.applied += 1
         self.stats.last_apply_ok = not failures
         self.ready = not failures
@@ -589,19 +653,34 @@ class Agent:
             self._resync_due = True  # what failed is unknown: look at the kernel next time
             for step, error in failures:
                 log.error("applying %s failed: %s", type(step).__name__, error)
+            step, error = failures[0]
+            self.last_error = (time.time(), f"applying {type(step).__name__} failed: {error}")
 
     @staticmethod
-    def _run_steps(plane: DataPlane, steps: tuple[Step, ...]) -> list[tuple[Step, str]]:
+    def _run_steps(
+        plane: DataPlane, steps: tuple[Step, ...], results: list[StepResult]
+    ) -> list[tuple[Step, str]]:
         """Run every step (on the data plane's thread); a required one that fails stops the
-        rest. Returns the failures."""
+        rest. Returns the failures; appends each step's outcome and writes to ``results``."""
         failures: list[tuple[Step, str]] = []
+        counter = getattr(plane, "writes_by_kind", None)
+
+        def writes() -> int | None:
+            return sum(counter().values()) if callable(counter) else None
+
         for step in steps:
+            before = writes()
+            error_text = ""
             try:
                 plane.run(step)
             except Exception as error:  # noqa: BLE001 - reported per step, the rest still run
-                failures.append((step, f"{type(error).__name__}: {error}"))
-                if getattr(step, "required", False):
-                    break
+                error_text = f"{type(error).__name__}: {error}"
+                failures.append((step, error_text))
+            after = writes()
+            delta = after - before if after is not None and before is not None else None
+            results.append(StepResult(type(step).__name__, not error_text, delta, error_text))
+            if error_text and getattr(step, "required", False):
+                break
         return failures
 
     async def _resolve(self, steps: tuple[Step, ...]) -> tuple[Step, ...]:

@@ -6,6 +6,7 @@ import typer
 
 from raven.lab.bench.cli import app as bench_app
 from raven.lab.cli import app as lab_app
+from raven.overview import cli as overview_cli
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Raven: cross-pool pod connectivity."
@@ -16,6 +17,9 @@ app.add_typer(
 app.add_typer(
     bench_app, name="bench", help="Benchmarks that print their figures against a baseline."
 )
+
+app.command("status")(overview_cli.status)
+app.command("graph")(overview_cli.graph)
 
 
 def main() -> None:

@@ -8,6 +8,9 @@ Plain HTTP and no credentials: it says nothing secret, and the kubelet probes it
 A process may also say what it is on ``/role`` (JSON from ``role()``): the agent tells its pool
 and whether it is the pool's active gateway, which the node's heartbeat relay repeats to the
 pool's members so a node cut from the cloud can find the gateway without the API server.
+And on ``/status`` (JSON from the coroutine ``status()``) what it knows about its node: the agent
+says its role, plan, what the kernel holds, its last reconcile and error (``raven status --node``;
+:mod:`agent.nodestatus`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 Check = Callable[[], tuple[bool, str]]
 #: What ``/role`` answers, as JSON.
 Role = Callable[[], dict[str, Any]]
+#: What ``/status`` answers, as JSON (it may read the kernel, so it is a coroutine).
+Status = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class HealthServer:
@@ -34,9 +39,11 @@ class HealthServer:
         host: str = "0.0.0.0",
         port: int = 10262,
         role: Role | None = None,
+        status: Status | None = None,
     ) -> None:
         self.alive, self.ready, self.registry = alive, ready, registry
         self.role = role
+        self.status = status
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
@@ -47,6 +54,8 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics)
         if self.role is not None:
             app.router.add_get("/role", self._role)
+        if self.status is not None:
+            app.router.add_get("/status", self._status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -71,6 +80,10 @@ class HealthServer:
     async def _role(self, _: web.Request) -> web.Response:
         assert self.role is not None
         return web.json_response(self.role())
+
+    async def _status(self, _: web.Request) -> web.Response:
+        assert self.status is not None
+        return web.json_response(await self.status())
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(

@@ -385,3 +385,27 @@ def restart(
             f"API server; start it with `raven lab restart {node} --component cache-proxy`",
             err=True,
         )
+
+
+@app.command("node-status")
+def node_status(
+    node: Annotated[str, typer.Argument(help="The lab node whose agent to ask.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """`raven status --node` for a lab node: asked inside the node's namespace."""
+    from raven.lab import nodestatus
+    from raven.overview.cli import print_node_status
+    from raven.overview.nodeclient import NodeStatusError
+
+    if output not in ("table", "json"):
+        _fail(f"-o {output!r}: expected 'table' or 'json'", 2)
+    _, lab = _load(_settings(state_dir, prefix))
+    _require_nodes(lab, [node])
+    netns = next(n.netns for n in lab.nodes if n.name == node)
+    try:
+        doc = nodestatus.fetch(netns)
+    except NodeStatusError as e:
+        _fail(e, 1)
+    print_node_status(doc, output)

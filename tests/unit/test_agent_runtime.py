@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -462,3 +463,81 @@ async def test_an_idle_resync_only_rechecks_the_kernel(fleet: Fleet) -> None:
     # A change the plan reads is a full round again.
     await fleet.kube.merge_patch(NODES, "b1", {"metadata": {"labels": {"zone": "z1"}}})
     await fleet.until(lambda: member.agent.stats.rounds > rounds, "a full round after a change")
+
+
+async def test_status_endpoint_says_role_plan_kernel_and_last_apply(fleet: Fleet) -> None:
+    """``/status`` (``raven status --node``): the node's role and holder, its plan, what the
+    kernel holds and whether that matches, the last apply's steps and the last error; public
+    keys only, never the private one."""
+    holders = await connected(fleet)
+    gw = holders["edge-a"]
+    name = next(n for n in POOLS["edge-a"] if n != gw)
+    await fleet.stop(name)
+    port = free_tcp_port(LOOPBACK[name])
+    member = await fleet.start(name, health_port=port)
+    await fleet.until(lambda: member.agent.ready, "synced and applied")
+    base = f"http://{LOOPBACK[name]}:{port}"
+    async with aiohttp.ClientSession() as http:
+
+        async def get(base: str = base) -> tuple[str, dict[str, Any]]:
+            async with http.get(base + "/status") as resp:
+                assert resp.status == 200
+                text = await resp.text()
+                return text, await resp.json()
+
+        text, doc = await get()
+        assert PRIVATE[name] not in text
+        assert (doc["node"], doc["pool"], doc["role"], doc["holder"]) == (
+            name,
+            "edge-a",
+            "member",
+            gw,
+        )
+        assert (doc["relayPool"], doc["ready"], doc["notReady"]) == ("cloud", True, "")
+        remote = sorted(CIDR[n] for pool, ns in POOLS.items() if pool != "edge-a" for n in ns)
+        plan = doc["plan"]
+        assert plan["role"] == "member" and plan["peers"] == [] and plan["tunnel"] is None
+        assert sorted(r["dst"] for r in plan["routes"]) == remote
+        assert {r["via"] for r in plan["routes"]} == {IP[gw]}
+        assert len(plan["rules"]) == 1
+        kernel = doc["kernel"]
+        assert kernel["routes"] == plan["routes"] and kernel["rules"] == plan["rules"]
+        assert kernel["tunnel"] is None
+        assert kernel["matchesPlan"] == {"routes": True, "rules": True, "peers": True}
+        apply = doc["lastApply"]
+        assert apply["ok"] is True and apply["seconds"] >= 0
+        assert [s["step"] for s in apply["steps"]] == [
+            "SetPeers",
+            "SetRoutes",
+            "SetRules",
+            "SetVxlan",
+        ]
+        assert doc["lastRound"]["kind"] in ("full", "recheck") and doc["lastError"] is None
+        assert doc["counts"]["applies"] >= 1
+
+        # A failing step is the last error, and the apply says which step failed.
+        member.plane.fail[SetRoutes] = OSError("table full")
+        member.agent._drifted()
+
+        async def failed() -> bool:
+            got = (await get())[1]
+            return got["lastError"] is not None and got["lastApply"]["ok"] is False
+
+        await fleet.until(failed, "the failed apply in /status")
+        doc = (await get())[1]
+        assert "SetRoutes" in doc["lastError"]["message"]
+        assert "table full" in doc["lastError"]["message"]
+        assert doc["ready"] is False
+        step = next(s for s in doc["lastApply"]["steps"] if s["step"] == "SetRoutes")
+        assert step == {"step": "SetRoutes", "ok": False, "writes": None, "error": step["error"]}
+        assert "table full" in step["error"]
+
+    # The gateway's plan holds its relay peer; its kernel's tunnel holds the same key.
+    doc = json.loads(json.dumps(await fleet.members[gw].agent.status_document()))
+    assert PRIVATE[gw] not in json.dumps(doc)
+    assert (doc["role"], doc["holder"]) == ("gateway", gw)
+    assert doc["plan"]["tunnel"]["listenPort"] == 51820
+    keys = [p["publicKey"] for p in doc["plan"]["peers"]]
+    assert KEY[holders["cloud"]] in keys
+    assert {p["publicKey"] for p in doc["kernel"]["tunnel"]["peers"]} == set(keys)
+    assert doc["kernel"]["matchesPlan"] == {"routes": True, "rules": True, "peers": True}

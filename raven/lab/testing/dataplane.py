@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Iterable
 
-from agent.steps import EnsureTunnel, SetPeers, SetRoutes, Step
+from agent.nodestatus import Inventory
+from agent.steps import EnsureTunnel, SetPeers, SetRoutes, SetRules, Step
 from gateway.dump import DeviceStatus, PeerStatus
-from raven.model import LocalAddress, PeerSpec, RouteSpec
+from raven.model import LocalAddress, PeerSpec, RouteSpec, RuleSpec
 
 
 class RecordingDataPlane:
@@ -30,6 +31,7 @@ class RecordingDataPlane:
         self.tunnel_port: int | None = None
         self.peers: tuple[PeerSpec, ...] = ()
         self.routes: tuple[RouteSpec, ...] = ()
+        self.rules: tuple[RuleSpec, ...] = ()
         self.closed = False
         self._lock = threading.Lock()
 
@@ -68,8 +70,16 @@ class RecordingDataPlane:
                         self.peers = peers
                     case SetRoutes(routes=routes):
                         self.routes = routes
+                    case SetRules(rules=rules):
+                        self.rules = rules
         if error is not None:
             raise error
+
+    def inventory(self) -> Inventory:
+        """What this node's kernel would hold: the routes, rules and peers last set."""
+        with self._lock:
+            routes, rules = self.routes, self.rules
+        return Inventory(routes, rules, self.tunnel(), None, time.time())
 
     def close(self) -> None:
         self.closed = True
