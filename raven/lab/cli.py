@@ -1,5 +1,5 @@
-"""``raven lab up | status | down | agents | apiserver | cut | heal | restart | kill``: the
-command-line face of the lab engine."""
+"""``raven lab up | status | down | agents | apiserver | cut | heal | restart | kill |
+node-status``: the command-line face of the lab engine."""
 
 from __future__ import annotations
 
