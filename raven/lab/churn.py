@@ -196,6 +196,7 @@ class Write:
     rv: str
     sent: float  # Unix time the request was sent
     answered: float
+    labels: tuple[tuple[str, str], ...] = ()  # the object's, so a reader's selector can be told
 
 
 @dataclass
@@ -217,8 +218,12 @@ class Churn:
     async def _write(self, resource: str, kind: str, key: str, call: Any) -> dict[str, Any]:
         sent = self.clock()
         obj = await call
-        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-        self.writes.append(Write(resource, kind, f"{NAMESPACE}/{key}", rv, sent, self.clock()))
+        meta = obj.get("metadata") or {}
+        rv = str(meta.get("resourceVersion", ""))
+        labels = tuple(sorted((meta.get("labels") or {}).items()))
+        self.writes.append(
+            Write(resource, kind, f"{NAMESPACE}/{key}", rv, sent, self.clock(), labels)
+        )
         return dict(obj)
 
     async def apply(self, op: Op) -> None:
