@@ -138,3 +138,59 @@ async def test_each_component_reads_as_its_own_service_account_with_its_user_age
     # CoreDNS's token may read Namespaces; kube-proxy's may not.
     r = server.kubectl("get", "namespaces", "--kubeconfig", str(_kubeconfig(server, KUBE_PROXY)))
     assert r.returncode != 0 and "forbidden" in r.stderr
+
+
+def test_the_process_reads_through_a_cache_proxy_and_dumps_on_sigusr1(server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raven.lab.apiserver.serviceaccounts import write_service_account_kubeconfig
+    from raven.lab.standins.process import READY_LINE
+    from raven.lab.testing.cacheproxy import run_proxy
+
+    tls = (server.pki.server_cert, server.pki.server_key)
+    with run_proxy(server.url, server.ca_cert, tmp_path / "cache", tls=tls) as proxy:
+        token = server.create_token("kube-system", "kube-proxy")
+        kubeconfig = write_service_account_kubeconfig(
+            tmp_path / "kp.kubeconfig", proxy.url, server.ca_cert, token,
+            namespace="kube-system", name="kube-proxy",
+        )  # fmt: skip
+        dump_file = tmp_path / "kube-proxy.dump.json"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "raven.lab.standins", "kube-proxy", "--node", "n1",
+             "--kubeconfig", str(kubeconfig), "--dump-file", str(dump_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            line = proc.stdout.readline()
+            assert READY_LINE in line, line
+
+            async def churn() -> None:
+                admin = _client(server.kubeconfig)
+                try:
+                    writer = Churn(admin)
+                    plan = ChurnPlan(services=5, seed=4, headless=0)
+                    await writer.seed(plan)
+                    await writer.run(plan, rate=20, seconds=1.0)
+                finally:
+                    await admin.close()
+
+            asyncio.run(churn())
+            time.sleep(1.0)
+            asked = time.time()
+            os.kill(proc.pid, signal.SIGUSR1)
+            for _ in range(100):
+                if dump_file.exists() and json.loads(dump_file.read_text())["at"] >= asked:
+                    break
+                time.sleep(0.05)
+            dump = json.loads(dump_file.read_text())
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    slices = dump["resources"]["endpointslices"]
+    assert dump["component"] == "kube-proxy" and slices["synced"] and slices["expired"] == 0
+    assert _strip(slices["objects"]) == _strip(_server_state(server, "endpointslices"))
+    assert slices["events"] > 5 and len(slices["arrivals"]) >= slices["events"]
