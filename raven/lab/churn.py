@@ -255,8 +255,9 @@ class Churn:
             raise ValueError(f"unknown churn operation {op.kind!r}")
 
     async def run(self, plan: ChurnPlan, *, rate: float, seconds: float) -> int:
-        """``rate`` operations a second for ``seconds``, on a fixed schedule (a late write is
-        not made up for by a burst); returns how many were made."""
+        """``rate`` operations a second for ``seconds``, on a fixed schedule (operations that
+        fell behind it are made at once, so every window of a run holds the same count);
+        returns how many were made."""
         if rate <= 0:
             raise ValueError("the churn rate must be positive")
         loop = asyncio.get_running_loop()
