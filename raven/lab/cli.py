@@ -1,5 +1,5 @@
 """``raven lab up | status | down | agents | apiserver | cut | heal | restart | kill |
-node-status``: the command-line face of the lab engine."""
+node-status | standins | churn``: the command-line face of the lab engine."""
 
 from __future__ import annotations
 
@@ -256,6 +256,80 @@ def agents(
             _fail(e, 1)
         for name, pid in started:
             typer.echo(f"{action}ed agent of {name} (pid {pid})")
+
+
+@app.command()
+def standins(
+    action: Annotated[str, typer.Argument(help="start or stop")],
+    nodes: Annotated[
+        list[str] | None, typer.Argument(help="Node names (default: every node)")
+    ] = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Start or stop the kube-proxy and CoreDNS stand-ins (raven/lab/standins) of a lab."""
+    from raven.lab.standins import control
+
+    if action not in ("start", "stop"):
+        _fail(f"action {action!r}: expected start or stop", 2)
+    settings = _settings(state_dir, prefix)
+    st, lab = _load(settings)
+    _require_nodes(lab, nodes or [])
+    external = set(st.info.get("external_nodes", []))
+    chosen = [n for n in lab.nodes if (n.name in nodes if nodes else n.name not in external)]
+    if action == "stop":
+        for what in control.stop_all(st, [n.name for n in chosen]):
+            typer.echo(f"stopped {what}")
+        return
+    try:
+        control.start_all(st, settings.state_dir, chosen)
+    except (control.StandInError, RuntimeError) as e:
+        _fail(e, 1)
+    for component in control.ROLES:
+        for node in chosen:
+            pid = st.processes(component, node.name)[-1]["pid"]
+            typer.echo(f"{component} stand-in of {node.name} synced (pid {pid})")
+
+
+@app.command()
+def churn(
+    rate: Annotated[float, typer.Option(help="Operations a second (create, scale, delete).")] = 5.0,
+    services: Annotated[int, typer.Option(help="Services the churn keeps (within 20 %).")] = 50,
+    seconds: Annotated[float, typer.Option(help="How long to churn.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same churn.")] = 1,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Create, scale and delete Services and their EndpointSlices (namespace churn)."""
+    import asyncio
+
+    from raven.kube.client import KubeClient, load_config
+    from raven.kube.errors import KubeError
+    from raven.lab import churn as lab_churn
+
+    settings = _settings(state_dir, prefix)
+    st, lab = _load(settings)
+    if rate <= 0 or services < 1 or seconds < 0:
+        _fail("--rate and --services must be positive, --seconds not negative", 2)
+
+    async def go() -> tuple[int, int]:
+        kube = KubeClient(
+            load_config(str(settings.state_dir / "kubeconfig")), user_agent="raven-churn"
+        )
+        try:
+            writer = lab_churn.Churn(kube, nodes=[n.name for n in lab.nodes])
+            plan = lab_churn.ChurnPlan(services=services, seed=seed)
+            await writer.seed(plan)
+            done = await writer.run(plan, rate=rate, seconds=seconds)
+            return done, len(writer.writes)
+        finally:
+            await kube.close()
+
+    try:
+        done, writes = asyncio.run(go())
+    except KubeError as e:
+        _fail(e, 1)
+    typer.echo(f"churn: {services} Services seeded, {done} operations, {writes} writes")
 
 
 @app.command()

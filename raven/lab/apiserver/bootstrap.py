@@ -3,7 +3,8 @@
 As kube-apiserver does on start: the four initial namespaces, the default ClusterRoles and
 ClusterRoleBindings a cluster relies on (``cluster-admin`` for ``system:masters``;
 ``system:discovery``, ``system:basic-user`` and ``system:public-info-viewer``, which let every
-authenticated user read discovery, /version, /healthz and /openapi and review its own access),
+authenticated user read discovery, /version, /healthz and /openapi and review its own access;
+``system:node-proxier``, what kube-proxy reads, bound to the user ``system:kube-proxy``),
 and the two built-in PriorityClasses ``system-node-critical`` and ``system-cluster-critical``.
 They are ordinary stored objects: ``kubectl get clusterroles`` lists them.
 """
@@ -43,6 +44,17 @@ def _group(name: str) -> dict[str, str]:
     return {"apiGroup": RBAC_GROUP, "kind": "Group", "name": name}
 
 
+def _user(name: str) -> dict[str, str]:
+    return {"apiGroup": RBAC_GROUP, "kind": "User", "name": name}
+
+
+_EVENT_WRITES = {
+    "apiGroups": ["", "events.k8s.io"],
+    "resources": ["events"],
+    "verbs": ["create", "patch", "update"],
+}
+
+
 CLUSTER_ROLES: tuple[dict[str, Any], ...] = (
     {
         "metadata": _meta("cluster-admin"),
@@ -74,19 +86,36 @@ CLUSTER_ROLES: tuple[dict[str, Any], ...] = (
         "metadata": _meta("system:public-info-viewer"),
         "rules": [{"nonResourceURLs": _PUBLIC_URLS, "verbs": ["get"]}],
     },
+    {
+        "metadata": _meta("system:node-proxier"),
+        "rules": [
+            {"apiGroups": [""], "resources": ["endpoints", "services"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            _EVENT_WRITES,
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["list", "watch"],
+            },
+        ],
+    },
 )
 
 CLUSTER_ROLE_BINDINGS: tuple[dict[str, Any], ...] = tuple(
     {
         "metadata": _meta(name),
         "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": name},
-        "subjects": [_group(g) for g in groups],
+        "subjects": subjects,
     }
-    for name, groups in (
-        ("cluster-admin", ["system:masters"]),
-        ("system:discovery", ["system:authenticated"]),
-        ("system:basic-user", ["system:authenticated"]),
-        ("system:public-info-viewer", ["system:authenticated", "system:unauthenticated"]),
+    for name, subjects in (
+        ("cluster-admin", [_group("system:masters")]),
+        ("system:discovery", [_group("system:authenticated")]),
+        ("system:basic-user", [_group("system:authenticated")]),
+        (
+            "system:public-info-viewer",
+            [_group("system:authenticated"), _group("system:unauthenticated")],
+        ),
+        ("system:node-proxier", [_user("system:kube-proxy")]),
     )
 )
 

@@ -1,6 +1,7 @@
 """What kube-apiserver does for the built-in kinds a deployment uses, beyond metadata.
 
-For ServiceAccount, ConfigMap, Secret, Service, DaemonSet, the four RBAC kinds and PriorityClass:
+For ServiceAccount, ConfigMap, Secret, Service, EndpointSlice, DaemonSet, the four RBAC kinds and
+PriorityClass:
 :func:`apply_defaults` fills the fields kube-apiserver defaults (so ``kubectl get -o yaml`` and a
 server-side dry run show what a cluster would store) and :func:`problems` returns the basic
 validation errors as (field path, message) pairs for a 422, worded as kube-apiserver words them,
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from raven.lab.apiserver import endpointslices as eps
 from raven.lab.apiserver import rbac_objects as rbac
 from raven.lab.apiserver import workloads as wl
 from raven.lab.apiserver.rbac_objects import RBAC_GROUP
@@ -30,6 +32,7 @@ __all__ = ["RBAC_GROUP", "SYSTEM_PRIORITY_CLASSES", "apply_defaults", "problems"
 _DEFAULTS: dict[tuple[str, str], Callable[[Obj], None]] = {
     ("", "secrets"): wl.default_secret,
     ("", "services"): wl.default_service,
+    ("discovery.k8s.io", "endpointslices"): eps.default_endpointslice,
     ("apps", "daemonsets"): wl.default_daemonset,
     (RBAC_GROUP, "rolebindings"): rbac.default_binding,
     (RBAC_GROUP, "clusterrolebindings"): rbac.default_binding,
@@ -48,6 +51,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Obj, Obj | None], Problems]] = {
     ("", "configmaps"): wl.configmap_problems,
     ("", "secrets"): wl.secret_problems,
     ("", "services"): wl.service_problems,
+    ("discovery.k8s.io", "endpointslices"): eps.endpointslice_problems,
     ("apps", "daemonsets"): wl.daemonset_problems,
     (RBAC_GROUP, "roles"): rbac.role_problems,
     (RBAC_GROUP, "clusterroles"): rbac.cluster_role_problems,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raven.lab.apiserver.durations import age
+from raven.lab.apiserver.endpointslices import printed_endpoints, printed_ports
 
 Obj = dict[str, Any]
 Column = tuple[str, str, int, str]
@@ -161,6 +162,15 @@ PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[Obj], list[Any]]]]
             ("Selector", "string", 1, "The selector of the service."),
         ],
         _service,
+    ),
+    ("discovery.k8s.io", "endpointslices"): (
+        [
+            ("AddressType", "string", 0, "The type of address carried by this EndpointSlice."),
+            ("Ports", "string", 0, "The network ports exposed by each endpoint."),
+            ("Endpoints", "string", 0, "The unique endpoints in this slice."),
+            _AGE,
+        ],
+        lambda o: [o.get("addressType", ""), printed_ports(o), printed_endpoints(o), _age(o)],
     ),
     ("rbac.authorization.k8s.io", "roles"): (
         [("Created At", "date", 0, "CreationTimestamp")],

@@ -151,6 +151,10 @@ BUILTINS: tuple[ResourceType, ...] = (
         ("svc",),
         status_subresource=True,
         categories=("all",),
+        extra_fields=("spec.clusterIP", "spec.type"),
+    ),
+    ResourceType(
+        "discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", True
     ),
     ResourceType(
         "apps",

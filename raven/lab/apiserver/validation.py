@@ -15,6 +15,7 @@ BUILTIN_GROUPS = (
     "authentication.k8s.io",
     "authorization.k8s.io",
     "coordination.k8s.io",
+    "discovery.k8s.io",
     "meta.k8s.io",
     "rbac.authorization.k8s.io",
     "scheduling.k8s.io",

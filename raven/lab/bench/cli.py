@@ -196,3 +196,29 @@ def scale(
     _run("scale", output, pools=pools, nodes=nodes, workers=workers, window=window,
          settle=settle, trials=trials, baseline_pools=baseline_pools, start_rate=start_rate,
          verbose=verbose)
+
+
+@app.command()
+def reuse(
+    output: Output = "text",
+    modes: Annotated[
+        str, typer.Option(help="Modes measured in the run: direct (node, pool: not yet).")
+    ] = "direct",
+    nodes_per_pool: Annotated[int, typer.Option(help="Nodes in each edge pool.")] = 3,
+    rate: Annotated[float, typer.Option(help="Churn operations a second.")] = 5.0,
+    services: Annotated[int, typer.Option(help="Services the churn keeps (within 20 %).")] = 50,
+    seconds: Annotated[float, typer.Option(help="Seconds of churn per window.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="The churn's seed.")] = 1,
+    prefix: Annotated[
+        str | None, typer.Option(help="Lab prefix for the bench's own lab (default: ru<pid>).")
+    ] = None,
+    state_dir: Annotated[
+        str | None, typer.Option(help="State dir of the bench's lab (default: a temp dir).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
+) -> None:
+    """Bytes of every node's Service/EndpointSlice reads on each edge pool's NAT uplink, and
+    the time from an EndpointSlice write to every node's kube-proxy and CoreDNS."""
+    _run("reuse", output, modes=modes, nodes_per_pool=nodes_per_pool, rate=rate,
+         services=services, churn_seconds=seconds, seed=seed, prefix=prefix,
+         state_dir=state_dir, verbose=verbose)

@@ -1,0 +1,407 @@
+"""``raven bench reuse``: what every node's reads of Services and EndpointSlices cost each edge
+pool's uplink, and how long an EndpointSlice change takes to reach every node.
+
+Builds a lab of its own (the default one, or ``--nodes-per-pool N`` nodes in each edge pool),
+with agents, cache-proxies, kubelet stand-ins and heartbeats as ``raven lab up`` starts them,
+seeds ``services`` Services with their EndpointSlices (:mod:`raven.lab.churn`), and counts
+the bytes crossing each edge pool's NAT router to and from the API server (two iptables rules
+in the router's FORWARD path, read before and after each window). In one run:
+
+1. **rest**: churn for ``churn_seconds`` without the stand-ins: what the pool's agents,
+   kubelets and heartbeats cost the uplink anyway;
+2. **sync**: the kube-proxy and CoreDNS stand-ins start on every node and list everything;
+3. **mode** (``direct``: every component of every node lists and watches the API server
+   through its own node's cache-proxy, no reuse): the same churn for ``churn_seconds`` with
+   the stand-ins. The pool-scope traffic is this window's bytes minus the rest's. Every
+   EndpointSlice write is matched with its arrival at every stand-in that selects it: p50 and
+   p99 of each delivery and of the time until the last node had it, and what never arrived;
+   then every stand-in's copy is compared with the API server's, object by object; and the
+   cache-proxies' CPU (over the window) and resident memory (at its end).
+
+``--modes direct,node,pool`` names the modes to measure; only ``direct`` exists yet (node- and
+pool-level reuse in raven-cache-proxy are issue 12's items 2 and 3): the others are refused,
+not faked. Each new mode will be a window like 3 after restarting the cache-proxies in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raven.kube.client import KubeClient, load_config
+from raven.lab import engine, netns, proxies
+from raven.lab.bench import resources
+from raven.lab.bench.reusefigures import (
+    DOWN,
+    UP,
+    Reader,
+    deliveries,
+    parse_counters,
+    per_minute,
+    topology,
+    uplink,
+)
+from raven.lab.churn import Churn, ChurnPlan
+from raven.lab.standins import control
+from raven.lab.standins.components import COMPONENTS
+from raven.lab.state import LabState
+from raven.lab.topology import Lab
+
+MODES = ("direct", "node", "pool")
+IMPLEMENTED = ("direct",)
+SETTLE_S = 3.0  # after a churn window, for the last events to arrive
+
+
+class BenchError(Exception):
+    """The benchmark could not run or could not measure; the message says what failed."""
+
+
+def check_modes(text: str) -> tuple[str, ...]:
+    """The modes asked for, each known and implemented; BenchError otherwise."""
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not modes:
+        raise BenchError("--modes: name at least one of direct, node, pool")
+    for mode in modes:
+        if mode not in MODES:
+            raise BenchError(f"--modes: unknown mode {mode!r} (modes: {', '.join(MODES)})")
+        if mode not in IMPLEMENTED:
+            raise BenchError(
+                f"mode {mode!r} is not implemented yet: raven-cache-proxy has no "
+                f"{mode}-level reuse (issue 12); measure --modes direct"
+            )
+    return modes
+
+
+# -- counting at the NAT routers ----------------------------------------------------------------
+
+
+def _chain(lab: Lab) -> str:
+    return f"{lab.prefix.upper()}-APIBYTES"
+
+
+def install_counters(lab: Lab) -> None:
+    """In each edge pool's NAT router: count what it forwards to and from the API server."""
+    chain, api = _chain(lab), f"{lab.api_ip}/32"
+    for router in lab.routers:
+        rules = (
+            f"*filter\n:{chain} - [0:0]\n-I FORWARD 1 -j {chain}\n"
+            f"-A {chain} -d {api} -p tcp --dport {lab.api_port} "
+            f'-m comment --comment "{UP}" -j RETURN\n'
+            f"-A {chain} -s {api} -p tcp --sport {lab.api_port} "
+            f'-m comment --comment "{DOWN}" -j RETURN\nCOMMIT\n'
+        )
+        subprocess.run(
+            netns.in_netns(router.netns, ["iptables-restore", "-w", "--noflush"]),
+            input=rules, text=True, check=True, capture_output=True,
+        )  # fmt: skip
+
+
+def read_counters(lab: Lab) -> dict[str, dict[str, int]]:
+    """Bytes so far to and from the API server, per edge pool."""
+    out = {}
+    for router in lab.routers:
+        res = subprocess.run(
+            netns.in_netns(router.netns, ["iptables", "-w", "-nvxL", _chain(lab)]),
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        out[router.pool] = parse_counters(res.stdout)
+    return out
+
+
+# -- the churn, in windows ----------------------------------------------------------------------
+
+
+def _admin(state_dir: Path) -> KubeClient:
+    return KubeClient(load_config(str(state_dir / "kubeconfig")), user_agent="raven-bench-reuse")
+
+
+def churn_window(
+    state_dir: Path, churn: Churn, plan: ChurnPlan, rate: float, seconds: float
+) -> int:
+    async def go() -> int:
+        churn.kube = _admin(state_dir)
+        try:
+            return await churn.run(plan, rate=rate, seconds=seconds)
+        finally:
+            await churn.kube.close()
+
+    return asyncio.run(go())
+
+
+def seed(state_dir: Path, churn: Churn, plan: ChurnPlan) -> None:
+    async def go() -> None:
+        churn.kube = _admin(state_dir)
+        try:
+            await churn.seed(plan)
+        finally:
+            await churn.kube.close()
+
+    asyncio.run(go())
+
+
+# -- the window with the stand-ins --------------------------------------------------------------
+
+
+def _proxy_pids(st: LabState, nodes: list[str]) -> dict[str, int]:
+    return {n: int(st.processes(proxies.ROLE, n)[-1]["pid"]) for n in nodes
+            if st.processes(proxies.ROLE, n)}  # fmt: skip
+
+
+def _server_versions(state_dir: Path, selector: str) -> dict[str, str]:
+    async def go() -> dict[str, str]:
+        kube = _admin(state_dir)
+        try:
+            params = {"labelSelector": selector} if selector else None
+            listing = await kube.request(
+                "GET", "/apis/discovery.k8s.io/v1/endpointslices", params=params
+            )
+        finally:
+            await kube.close()
+        return {
+            f"{o['metadata']['namespace']}/{o['metadata']['name']}": o["metadata"][
+                "resourceVersion"
+            ]
+            for o in listing.get("items") or []
+        }
+
+    return asyncio.run(go())
+
+
+def compare(state_dir: Path, dumps: dict[str, dict[str, Any]]) -> list[str]:
+    """Every stand-in whose EndpointSlices differ from the API server's (by key and version)."""
+    wanted: dict[str, dict[str, str]] = {}
+    wrong = []
+    for name, dump in dumps.items():
+        selector = next(
+            w.label_selector for w in COMPONENTS[dump["component"]].watches
+            if w.resource.plural == "endpointslices"
+        )  # fmt: skip
+        if selector not in wanted:
+            wanted[selector] = _server_versions(state_dir, selector)
+        objects = dump["resources"]["endpointslices"]["objects"]
+        held = {k: o["metadata"]["resourceVersion"] for k, o in objects.items()}
+        if held != wanted[selector]:
+            wrong.append(name)
+    return wrong
+
+
+def measure(
+    lab: Lab,
+    settings: engine.Settings,
+    *,
+    modes: tuple[str, ...],
+    rate: float,
+    services: int,
+    churn_seconds: float,
+    seed_value: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    state_dir = settings.state_dir
+    st, _ = engine.load(settings)
+    edge = {r.pool: [n.name for n in lab.nodes if n.pool == r.pool] for r in lab.routers}
+    everyone = [n.name for n in lab.nodes]
+    install_counters(lab)
+    churn = Churn(_admin(state_dir), nodes=everyone)
+    plan = ChurnPlan(services=services, seed=seed_value)
+    log(f"seeding {services} Services")
+    seed(state_dir, churn, plan)
+
+    log(f"rest: {churn_seconds:.0f} s of churn without stand-ins")
+    before, t0 = read_counters(lab), time.monotonic()
+    churn_window(state_dir, churn, plan, rate, churn_seconds)
+    after, rest_s = read_counters(lab), time.monotonic() - t0
+    rest = {p: uplink(before[p], after[p], rest_s, len(edge[p])) for p in edge}
+
+    log("sync: starting kube-proxy and CoreDNS stand-ins on every node")
+    pre_sync, t0 = read_counters(lab), time.monotonic()
+    try:
+        control.start_all(st, state_dir, list(lab.nodes), timeout=120)
+    except control.StandInError as e:
+        raise BenchError(str(e)) from e
+    synced = read_counters(lab)
+    sync_s = time.monotonic() - t0
+
+    figures: dict[str, Any] = {
+        "nodes": {p: len(n) for p, n in edge.items()},
+        "churn_rate": rate,
+        "services": services,
+        "churn_seconds": churn_seconds,
+        "seed": seed_value,
+        "standins_per_node": len(COMPONENTS),
+        "sync_seconds": round(sync_s, 1),
+        "modes": {},
+    }
+    for mode in modes:
+        log(f"{mode}: {churn_seconds:.0f} s of churn with the stand-ins")
+        pids = _proxy_pids(st, everyone)
+        cpu0 = {n: resources.read(p) for n, p in pids.items()}
+        first_write = len(churn.writes)
+        before, t0, wall0 = read_counters(lab), time.monotonic(), time.time()
+        ops = churn_window(state_dir, churn, plan, rate, churn_seconds)
+        after, window_s = read_counters(lab), time.monotonic() - t0
+        cpu1 = {n: resources.read(p) for n, p in pids.items()}
+        time.sleep(SETTLE_S)
+        dumps = {
+            f"{c}@{n}": control.dump(st, state_dir, c, n) for c in COMPONENTS for n in everyone
+        }
+        readers = [
+            Reader(
+                name,
+                next(
+                    w.label_selector
+                    for w in COMPONENTS[d["component"]].watches
+                    if w.resource.plural == "endpointslices"
+                ),  # fmt: skip
+                {
+                    (a[1], a[2]): float(a[3])
+                    for a in d["resources"]["endpointslices"]["arrivals"]
+                    if float(a[3]) >= wall0 - 1
+                },
+            )
+            for name, d in sorted(dumps.items())
+        ]
+        got = deliveries(churn.writes[first_write:], readers)
+        pools: dict[str, Any] = {}
+        for pool, names in edge.items():
+            total = uplink(before[pool], after[pool], window_s, len(names))
+            scope = total["bytes_per_min"] - rest[pool]["bytes_per_min"]
+            samples = [(cpu0.get(n), cpu1.get(n)) for n in names]
+            cpu = [(b.cpu_s - a.cpu_s) / window_s * 1000 for a, b in samples if a and b]
+            rss = [b.rss_kib / 1024 for _, b in samples if b]
+            pools[pool] = {
+                **total,
+                "rest_bytes_per_min": rest[pool]["bytes_per_min"],
+                "pool_scope_bytes_per_min": round(scope, 1),
+                "pool_scope_bytes_per_node_per_min": round(scope / len(names), 1),
+                "sync_bytes": sum(synced[pool].values()) - sum(pre_sync[pool].values()),
+                "proxy_cpu_millicores_max": round(max(cpu), 1) if cpu else None,
+                "proxy_cpu_millicores_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
+                "proxy_rss_mib_max": round(max(rss), 1) if rss else None,
+            }
+        figures["modes"][mode] = {
+            "window_seconds": round(window_s, 1),
+            "operations": ops,
+            "slice_writes": sum(
+                1 for w in churn.writes[first_write:] if w.resource == "endpointslices"
+            ),
+            "operations_per_min": per_minute(ops, window_s),
+            "pools": pools,
+            "latency": got.summary(),
+            "diverged": compare(state_dir, dumps),
+        }
+    return figures
+
+
+@contextmanager
+def own_lab(
+    prefix: str, state_dir: Path, topology_file: Path | None
+) -> Iterator[tuple[Lab, engine.Settings]]:
+    settings = engine.Settings(state_dir=state_dir, prefix=prefix)
+    try:
+        result = engine.up(topology_file, settings, agents=True, log=lambda *_: None)
+    except engine.LabError as e:
+        raise BenchError(f"lab up failed: {e}") from e
+    try:
+        yield result.lab, settings
+    finally:
+        engine.down(settings, log=lambda *_: None)
+
+
+def run(
+    *,
+    modes: str = "direct",
+    nodes_per_pool: int = 3,
+    edge_nodes: dict[str, int] | None = None,
+    rate: float = 5.0,
+    services: int = 50,
+    churn_seconds: float = 60.0,
+    seed: int = 1,
+    prefix: str | None = None,
+    state_dir: str | Path | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Build a lab, measure each mode under churn, take the lab down; the figures.
+
+    ``edge_nodes`` (Python only) sets each edge pool's size apart, e.g. ``{"edge-a": 2,
+    "edge-b": 4}``; otherwise both get ``nodes_per_pool``."""
+    chosen = check_modes(modes)
+    if os.geteuid() != 0:
+        raise BenchError("the reuse benchmark needs root (network namespaces, iptables)")
+    if rate <= 0 or services < 1 or churn_seconds <= 0:
+        raise BenchError("--rate, --services and --seconds must be positive")
+    sizes = edge_nodes or {"edge-a": nodes_per_pool, "edge-b": nodes_per_pool}
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+    prefix = prefix or f"ru{os.getpid() % 100000}"
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="raven-bench-reuse-") as tmp:
+        try:
+            spec = topology(sizes)
+        except ValueError as e:
+            raise BenchError(str(e)) from e
+        topo = Path(tmp) / "topology.yaml"
+        topo.write_text(yaml.safe_dump(spec, sort_keys=False))
+        state = Path(state_dir) if state_dir else Path(tmp) / "lab"
+        log(f"lab up: {', '.join(f'{p} {n}' for p, n in sizes.items())} nodes")
+        with own_lab(prefix, state, topo) as (lab, settings):
+            figures = measure(
+                lab,
+                settings,
+                modes=chosen,
+                rate=rate,
+                services=services,
+                churn_seconds=churn_seconds,
+                seed_value=seed,
+                log=log,
+            )
+    figures["seconds_total"] = round(time.monotonic() - t0, 1)
+    return figures
+
+
+def render(figures: dict[str, Any]) -> str:
+    """The figures as a table per mode."""
+    lines = [
+        f"churn: {figures['churn_rate']} operations/s around {figures['services']} Services, "
+        f"{figures['churn_seconds']:.0f} s per window; stand-ins synced in "
+        f"{figures['sync_seconds']} s; {figures['seconds_total']} s in all",
+    ]
+    for mode, m in figures["modes"].items():
+        lat = m["latency"]
+        lines.append(
+            f"\n[{mode}] {m['operations']} operations ({m['slice_writes']} EndpointSlice writes) "
+            f"in {m['window_seconds']} s"
+        )
+        lines.append(
+            f"{'pool':<8} {'nodes':>5} {'total B/min':>12} {'rest B/min':>11} "
+            f"{'pool-scope B/min':>17} {'per node':>9} {'sync B':>9} {'proxy m':>8} {'MiB':>6}"
+        )
+        for pool, p in m["pools"].items():
+            lines.append(
+                f"{pool:<8} {figures['nodes'][pool]:>5} {p['bytes_per_min']:>12,.0f} "
+                f"{p['rest_bytes_per_min']:>11,.0f} {p['pool_scope_bytes_per_min']:>17,.0f} "
+                f"{p['pool_scope_bytes_per_node_per_min']:>9,.0f} {p['sync_bytes'] or 0:>9,} "
+                f"{p['proxy_cpu_millicores_max'] or 0:>8} {p['proxy_rss_mib_max'] or 0:>6}"
+            )
+        lines.append(
+            f"EndpointSlice change -> stand-in: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+            f"({lat['deliveries']} deliveries, {lat['missing']} missing); to every node: p50 "
+            f"{lat['all_nodes_p50_ms']} ms, p99 {lat['all_nodes_p99_ms']} ms"
+        )
+        lines.append(
+            "every stand-in equals the API server" if not m["diverged"]
+            else f"DIVERGED from the API server: {', '.join(m['diverged'])}"
+        )  # fmt: skip
+    return "\n".join(lines)
