@@ -1,7 +1,8 @@
 """Console entry ``raven-cache-proxy``: run the caching proxy until SIGTERM/SIGINT.
 
-Node identity (``--node-cert``, ``--node-key``, ``--client-ca``) and the cloud path
-(``--path-file``) are described in raven/cacheproxy/identity.py and upstream.py.
+Node identity (``--node-cert``, ``--node-key``, ``--client-ca``), the cloud path
+(``--path-file``) and node-level reuse (``--share``) are described in
+raven/cacheproxy/identity.py, upstream.py and sharing.py.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import os
 import signal
 from pathlib import Path
 
+from raven.cacheproxy.access import DEFAULT_TTL as DEFAULT_REVIEW_TTL
 from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.memory import fix_thresholds
 from raven.cacheproxy.nodecert import NodeCertificateError
 from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
+from raven.cacheproxy.sharing import DEFAULT_SHARED, KNOWN, parse_shared
 from raven.cacheproxy.upstream import POLL_INTERVAL
+from raven.cacheproxy.watchcache import DEFAULT_CAPACITY
 from raven.logs import configure as configure_logging
 
 
@@ -86,6 +90,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--probe-interval", type=float, default=1.0)
     p.add_argument("--healthy-after", type=int, default=3, help="consecutive successes")
+    p.add_argument(
+        "--share",
+        default=",".join(r.name for r in DEFAULT_SHARED),
+        help="resources every client of the node reads from one upstream list+watch "
+        "(node-level reuse; needs --node-cert, whose identity reads them), comma-separated as "
+        f"kubectl names them: {', '.join(sorted(KNOWN))}; or none "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--share-history",
+        type=int,
+        default=DEFAULT_CAPACITY,
+        help="changes each shared copy keeps for watches resuming from an older version; an "
+        "older one gets 410 Expired and lists again (default %(default)s)",
+    )
+    p.add_argument(
+        "--access-review-ttl",
+        type=float,
+        default=DEFAULT_REVIEW_TTL,
+        help="seconds the API server's answer to a client's access review is trusted while "
+        "the cloud is reachable (default %(default)s)",
+    )
     defaults = CacheConfig()
     p.add_argument(
         "--flush-interval",
@@ -133,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
             client_ca=a.client_ca,
             path_file=a.path_file,
             path_poll=a.path_poll,
+            share=parse_shared(a.share),
+            share_history=a.share_history,
+            review_ttl=a.access_review_ttl,
         )
     except ValueError as e:
         p.error(str(e))

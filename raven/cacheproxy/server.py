@@ -11,6 +11,10 @@ whose certificate names this node over a connection presenting the node's certif
 (identity.py, nodecert.py); another verified subject gets 403. With a ``path_file`` all upstream
 traffic follows the node's cloud path, through a neighbour's relay while it says so
 (upstream.py).
+
+With the node's certificate, lists and watches of the shared resources (``share``, default
+Services and EndpointSlices) are answered from one upstream list+watch per resource for all
+the node's clients (node-level reuse: sharing.py, shared.py).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from yarl import URL
 
 from raven.aio import cancel_and_wait
 from raven.cacheproxy import fold
+from raven.cacheproxy.access import DEFAULT_TTL as DEFAULT_REVIEW_TTL
 from raven.cacheproxy.cache import Cache, CacheConfig, digest
 from raven.cacheproxy.decide import (
     READ_METHODS,
@@ -58,7 +63,16 @@ from raven.cacheproxy.listdoc import Blob, ListDoc, join, split
 from raven.cacheproxy.nodecert import NodeCertificate
 from raven.cacheproxy.pages import Pages
 from raven.cacheproxy.request import RequestInfo, credential, request_info
+from raven.cacheproxy.shared import SharedReads
+from raven.cacheproxy.sharing import (
+    DEFAULT_SHARED,
+    SharedRead,
+    SharedResource,
+    path_group_version,
+    shared_read,
+)
 from raven.cacheproxy.upstream import POLL_INTERVAL, Upstream
+from raven.cacheproxy.watchcache import DEFAULT_CAPACITY
 from raven.cloudpath import CloudPath
 
 DEFAULT_PORT = 10261
@@ -105,6 +119,12 @@ class ProxyConfig:
     # The node's cloud path (raven/cloudpath.py), looked at every path_poll seconds.
     path_file: Path | None = None
     path_poll: float = POLL_INTERVAL
+    # Resources read once for all the node's clients (needs node_cert); () turns it off.
+    share: tuple[SharedResource, ...] = DEFAULT_SHARED
+    # Changes each shared copy keeps for watches that resume from an older version.
+    share_history: int = DEFAULT_CAPACITY
+    # Seconds an access review's answer is trusted online.
+    review_ttl: float = DEFAULT_REVIEW_TTL
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -123,6 +143,10 @@ class ProxyConfig:
             raise ValueError(f"the upstream API server must be https://, got {self.upstream!r}")
         if self.request_timeout <= 0:
             raise ValueError(f"request timeout must be positive, got {self.request_timeout}")
+        if self.share_history < 1:
+            raise ValueError(f"share history must keep at least 1 change, got {self.share_history}")
+        if self.review_ttl <= 0:
+            raise ValueError(f"access review TTL must be positive, got {self.review_ttl}")
 
 
 def status_body(code: int, reason: str, message: str) -> web.Response:
@@ -219,6 +243,7 @@ class Shape:
     watch: str | None  # a watch: the key of the list it continues
     # The TLS context upstream: the node's certificate for its clients, None for the plain one.
     upstream_ssl: ssl.SSLContext | None = None
+    shared: SharedRead | None = None  # a read the shared copies may answer
 
     @property
     def key(self) -> str | None:
@@ -236,6 +261,17 @@ class CacheProxy:
             self._new_session, config.path_file, config.path_poll, on_change=self._path_changed
         )
         self.health = CloudHealth(config.upstream, self.ssl_ctx, config.health)
+        self.shared: SharedReads | None = None
+        if self.node is not None and config.share:
+            self.shared = SharedReads(
+                config.share,
+                self.upstream,
+                config.upstream,
+                self.node.context,
+                self.health,
+                capacity=config.share_history,
+                review_ttl=config.review_ttl,
+            )
         self.cache = Cache(config.cache_dir, config.cache, clock=self.health.online_time)
         self.pages = Pages()
         self.registry = CollectorRegistry()
@@ -310,6 +346,37 @@ class CacheProxy:
             "Requests refused for a client certificate of another identity than the node's",
             registry=self.registry,
         )
+        self.m_shared = {
+            name: Gauge(
+                f"raven_cacheproxy_shared_{name}",
+                text,
+                ["resource"],
+                registry=self.registry,
+            )
+            for name, text in (
+                ("synced", "1 while the shared copy is listed and its watch is up"),
+                ("objects", "Objects in the shared copy"),
+                ("bytes", "Bytes of object JSON the shared copy holds (state and history)"),
+                ("relists", "Upstream lists of the shared copy since start"),
+                ("upstream_bytes", "Bytes the shared copy received from upstream since start"),
+            )
+        }
+        self.m_shared_reads = Gauge(
+            "raven_cacheproxy_shared_reads",
+            "Lists and watches answered from a shared copy since start",
+            ["resource", "verb"],
+            registry=self.registry,
+        )
+        self.m_shared_watchers = Gauge(
+            "raven_cacheproxy_shared_watchers",
+            "Watches open on a shared copy",
+            registry=self.registry,
+        )
+        self.m_reviews = Gauge(
+            "raven_cacheproxy_access_reviews",
+            "SelfSubjectAccessReviews asked for clients of a shared copy since start",
+            registry=self.registry,
+        )
         self.runner: web.AppRunner | None = None
         self.port = config.port
         self.stopping = False
@@ -353,6 +420,8 @@ class CacheProxy:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.health.start(self.upstream)
+        if self.shared is not None:
+            self.shared.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="raven-cacheproxy-sweep")
 
     async def stop(self) -> None:
@@ -360,6 +429,8 @@ class CacheProxy:
         self.stopping = True
         self.health.changed.set()
         await cancel_and_wait(self._sweeper)
+        if self.shared is not None:
+            await self.shared.stop()
         await self.health.stop()
         if self.runner:
             await self.runner.cleanup()
@@ -413,7 +484,18 @@ class CacheProxy:
                 accept=request.headers.get("Accept", ""),
                 identity=identity_headers(list(request.headers.items())),
             )
-        return Shape(info, cred, read, watch, upstream_ssl)
+        shared = None
+        if self.shared is not None and request.method == "GET":
+            group, version = path_group_version(request.path)
+            shared = shared_read(
+                info,
+                pairs,
+                request.headers.get("Accept", ""),
+                self.config.share,
+                group=group,
+                version=version,
+            )
+        return Shape(info, cred, read, watch, upstream_ssl, shared)
 
     def state(self, shape: Shape, healthy: bool) -> State:
         key = shape.key
@@ -442,6 +524,21 @@ class CacheProxy:
                 "directly",
             )
         shape = self.shape(request, peer if presented is Presented.NODE else None)
+        if self.shared is not None and shape.shared is not None:
+            headers = {"Authorization": request.headers.get("Authorization", "")}
+            headers.update(identity_headers(list(request.headers.items())))
+            if not headers["Authorization"]:
+                del headers["Authorization"]
+            answer = await self.shared.answer(
+                request,
+                shape.shared,
+                shape.credential,
+                headers,
+                shape.upstream_ssl or self.ssl_ctx,
+            )
+            if answer is not None:
+                self.m_requests.labels("serve-shared").inc()
+                return answer
         return await self.act(request, shape, self.health.healthy)
 
     async def act(self, request: web.Request, shape: Shape, healthy: bool) -> web.StreamResponse:
@@ -547,6 +644,17 @@ class CacheProxy:
         self.m_commits.set(self.cache.store.commits)
         self.m_switches.set(self.upstream.switches)
         self.m_path_ok.set(0 if self.upstream.follower and self.upstream.follower.error else 1)
+        if self.shared is not None:
+            for resource, figures in self.shared.metrics().items():
+                self.m_shared["synced"].labels(resource).set(1 if figures["synced"] else 0)
+                self.m_shared["objects"].labels(resource).set(figures["objects"])
+                self.m_shared["bytes"].labels(resource).set(figures["bytes"])
+                self.m_shared["relists"].labels(resource).set(figures["relists"])
+                self.m_shared["upstream_bytes"].labels(resource).set(figures["received"])
+            for (resource, verb), count in self.shared.served.items():
+                self.m_shared_reads.labels(resource, verb).set(count)
+            self.m_shared_watchers.set(self.shared.watchers)
+            self.m_reviews.set(self.shared.reviews.asked)
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": "text/plain; version=0.0.4"},

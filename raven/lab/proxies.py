@@ -118,9 +118,7 @@ def wait_ready(st: LabState, nodes: list[str], *, timeout: float = 20.0) -> None
             elif not st.running(ROLE, name):
                 raise ProxyError(
                     f"the cache proxy of {name} exited; log {log_file}:\n"
-                    + log_since(rec)[-2000:].decode(
-                        errors="replace"
-                    )
+                    + log_since(rec)[-2000:].decode(errors="replace")
                 )
         if not waiting:
             return

@@ -27,16 +27,16 @@ from raven.lab.apiserver.resources import (
     ResourceType,
     builtin,
 )
-from raven.lab.apiserver.selectors import (
+from raven.lab.apiserver.services import allocate_service_addresses, keep_service_addresses
+from raven.lab.apiserver.store import Store, TooOld
+from raven.lab.apiserver.strategy import now_rfc3339, prepare_create, prepare_update
+from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, WatchStream
+from raven.selectors import (
     SelectorError,
     object_matcher,
     parse_field_selector,
     parse_label_selector,
 )
-from raven.lab.apiserver.services import allocate_service_addresses, keep_service_addresses
-from raven.lab.apiserver.store import Store, TooOld
-from raven.lab.apiserver.strategy import now_rfc3339, prepare_create, prepare_update
-from raven.lab.apiserver.watch import MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, WatchStream
 
 # kube-apiserver's --event-ttl default: an Event is deleted an hour after its last write.
 DEFAULT_EVENT_TTL = 3600.0

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raven.lab.apiserver.selectors import parse_label_selector
 from raven.lab.churn import Write
+from raven.selectors import parse_label_selector
 
 # The Internet, LANs and pod CIDRs of netns-lab/three-pools.yaml.
 EDGE_POOLS = (("edge-a", "192.168.10.0/24"), ("edge-b", "192.168.20.0/24"))

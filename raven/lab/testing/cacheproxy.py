@@ -20,6 +20,7 @@ from kubernetes import client as k8s_client
 from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.server import CacheProxy, ProxyConfig
+from raven.cacheproxy.sharing import SharedResource
 from raven.lab.apiserver.pki import Pki
 from raven.lab.testing.apiserver import ApiServerHandle
 
@@ -97,10 +98,14 @@ def run_proxy(
     client_ca: Path | None = None,
     path_file: Path | None = None,
     path_poll: float = 0.05,
+    share: tuple[SharedResource, ...] | None = None,
+    share_history: int | None = None,
+    review_ttl: float | None = None,
 ) -> Iterator[ProxyHandle]:
     """``tls`` = (cert, key) for 127.0.0.1; the API server's own pair from run_apiserver fits.
     ``node`` = the node's client (cert, key) to present for its clients (needs ``tls``);
-    ``path_file`` = the node's cloud path file, looked at every ``path_poll`` seconds."""
+    ``path_file`` = the node's cloud path file, looked at every ``path_poll`` seconds;
+    ``share`` = the shared resources (default: the proxy's), ``()`` for none."""
     cert, key = tls if tls else (None, None)
     node_cert, node_key = node if node else (None, None)
     config = ProxyConfig(
@@ -121,6 +126,12 @@ def run_proxy(
         config.cache = cache
     if request_timeout is not None:
         config.request_timeout = request_timeout
+    if share is not None:
+        config.share = share
+    if share_history is not None:
+        config.share_history = share_history
+    if review_ttl is not None:
+        config.review_ttl = review_ttl
     proxy = CacheProxy(config)
     loop = asyncio.new_event_loop()
     started = threading.Event()

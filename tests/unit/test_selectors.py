@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raven.lab.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
+from raven.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 LABELS = {"pool": "edge-a", "apps.openyurt.io/nodepool": "a", "gw": ""}
 

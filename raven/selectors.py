@@ -1,4 +1,6 @@
-"""Label and field selectors as the API server parses them (``labelSelector``, ``fieldSelector``).
+"""Label and field selectors as the API server parses and applies them (``labelSelector``,
+``fieldSelector``): the lab API server filters with them, and the cache-proxy filters a shared
+watch for each of its clients. Pure.
 
 Label selectors: ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k`` (exists),
 ``!k`` (does not exist), comma = AND. Field selectors: ``path=v``, ``path==v``, ``path!=v`` over
