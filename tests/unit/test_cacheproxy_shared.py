@@ -190,8 +190,9 @@ async def test_components_of_a_node_share_one_upstream_watch_and_end_with_the_se
     assert (f"system:node:{NODE}", "services") in opened
     assert (f"system:node:{NODE}", "endpointslices") in opened
     assert not any(user in (KUBE_PROXY.user, COREDNS.user) for user, _ in opened)
+    review = "selfsubjectaccessreviews"
     reviews = {e["user"]["username"] for e in events
-               if (e.get("objectRef") or {}).get("resource") == "selfsubjectaccessreviews"}  # fmt: skip
+               if (e.get("objectRef") or {}).get("resource") == review}  # fmt: skip
     assert {KUBE_PROXY.user, COREDNS.user} <= reviews
     metrics = proxy.metrics()
     assert metrics['raven_cacheproxy_shared_reads{resource="services",verb="watch"}'] >= 2
