@@ -198,7 +198,9 @@ def plan(view: ClusterView, me: Identity) -> DesiredState:
         if c not in refused
     )
     # Family 6 joins once any pool has accepted IPv6 pod CIDRs, so the rule does not flap.
-    families = {4} | {_net(c).version for p in facts.pools.values() for c in p.subnets}
+    families = {4} | {
+        _net(c).version for p in facts.pools.values() for c in p.subnets
+    }
     rules = tuple(
         RuleSpec(priority=me.rule_priority, table=me.table, family=f) for f in sorted(families)
     )
@@ -391,7 +393,9 @@ def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]
     return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
 
 
-def pool_status(view: ClusterView, pool: str, *, also: Iterable[Problem] = ()) -> dict[str, Any]:
+def pool_status(
+    view: ClusterView, pool: str, *, also: Iterable[Problem] = ()
+) -> dict[str, Any]:
     """The Gateway ``status`` fields the agent writes for ``pool``, minus what only the runtime
     knows (``peers``, ``peersReady``, ``rtt``, each condition's ``lastTransitionTime``).
     ``also``: refusals this pool's gateway reports for others (the relay reports those no

@@ -7,8 +7,11 @@ restart of the proxy. Since every proxy has the same loopback address in its own
 kubeconfig (``STATE/proxy.kubeconfig``) serves every node's agent. It also holds its node's
 client certificate (``--node-cert``), which it presents upstream for the node's kubelet and
 heartbeat, and follows the cloud path the heartbeat decides (``--path-file``, see
-:mod:`raven.lab.sidecars`). Proxies are recorded in the
-lab state like agents (role ``cache-proxy``), so ``down`` stops them by PID.
+:mod:`raven.lab.sidecars`). With the node's identity it also reads the shared resources once
+for all the node's clients (node-level reuse, ``--share``); the lab-wide setting
+(:func:`set_share`, kept in the lab state as ``proxy_share``) chooses which, or ``none``, and
+:func:`restart_all` applies it. Proxies are recorded in the lab state like agents (role
+``cache-proxy``), so ``down`` stops them by PID.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ LISTEN_HOST = "127.0.0.1"
 LISTEN_PORT = 10261  # raven.cacheproxy.server.DEFAULT_PORT (not imported: it pulls in aiohttp)
 READY_LINE = b"raven-cache-proxy listening on"
 PROXY_URL = f"https://{LISTEN_HOST}:{LISTEN_PORT}"
+SHARE_KEY = "proxy_share"  # the lab state's record of --share ("" or absent: the default)
 
 
 class ProxyError(RuntimeError):
@@ -88,6 +92,8 @@ def start(st: LabState, state_dir: Path, node: Node, upstream: str) -> int:
     if node_cert.exists():  # the node's identity, for its kubelet and heartbeat
         argv += ["--node-cert", str(node_cert), "--node-key", str(node_key)]
         argv += ["--path-file", str(state_dir / "nodes" / node.name / "cloud-path.json")]
+        if st.info.get(SHARE_KEY):
+            argv += ["--share", str(st.info[SHARE_KEY])]
     offset = log_file.stat().st_size if log_file.exists() else 0
     pid = st.spawn(
         ROLE,
@@ -146,3 +152,25 @@ def stop(st: LabState, node: str, *, grace: float = 5.0) -> bool:
     """SIGTERM the recorded proxy of ``node`` (it ends held watches and exits), SIGKILL after
     ``grace``."""
     return st.stop(ROLE, node, grace=grace)
+
+
+def set_share(st: LabState, share: str) -> None:
+    """The ``--share`` every proxy starts with from now on (``""``: the proxy's default;
+    ``none``: no node-level reuse). Takes effect at the next start: see :func:`restart_all`."""
+    if share:
+        st.info[SHARE_KEY] = share
+    else:
+        st.info.pop(SHARE_KEY, None)
+    st.save()
+
+
+def restart_all(lab: Lab, st: LabState, state_dir: Path) -> list[str]:
+    """Stop every node's proxy and start it again (its cache survives), waiting until all
+    listen; the nodes restarted. Their clients' watches end and start again at once."""
+    upstream = st.info.get("api_node_url")
+    if not upstream:
+        return []
+    names = [n.name for n in lab.nodes if running(st, n.name)]
+    for name in names:
+        stop(st, name)
+    return start_missing(lab, st, state_dir, names) if names else []

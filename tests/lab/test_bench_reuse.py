@@ -1,9 +1,10 @@
-"""``raven bench reuse`` in a small run: edge-a with 2 nodes and edge-b with 4, 20 s of churn
-per window, direct mode. What is asserted is what the figures must mean, not their size (the
-machine is shared): bytes were counted on both uplinks, the pool-scope bytes grow with the
-number of nodes reading them, every EndpointSlice change reached every node's stand-ins in a
-finite time and none was lost, every copy ends equal to the API server's, and nothing of the
-lab is left."""
+"""``raven bench reuse`` in a small run: edge-a with 2 nodes and edge-b with 4, 12 s of churn
+per window, direct and node modes. What is asserted is what the figures must mean, not their
+size (the machine is shared): bytes were counted on both uplinks; without reuse the pool-scope
+bytes grow with the number of nodes reading them; node-level reuse (one upstream watch per node
+for its two readers) carries clearly fewer of them; every EndpointSlice change reached every
+node's stand-ins in a finite time in both modes and none was lost, every copy ends equal to the
+API server's, and nothing of the lab is left."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_direct_mode_counts_bytes_per_node_and_times_every_delivery(tmp_path_fac
             edge_nodes={"edge-a": 2, "edge-b": 4},
             rate=5.0,
             services=20,
-            churn_seconds=20.0,
+            churn_seconds=12.0,
+            modes="direct,node",
             prefix=env.prefix,
             state_dir=env.state_dir,
         )
@@ -51,12 +53,22 @@ def test_direct_mode_counts_bytes_per_node_and_times_every_delivery(tmp_path_fac
     assert 1.4 < sync_ratio < 2.8, (sync_ratio, pools)
 
     latency = direct["latency"]
-    assert direct["slice_writes"] > 50
-    assert latency["missing"] == 0, latency
-    # 9 nodes, each with kube-proxy (most slices) and CoreDNS (all of them).
-    assert latency["deliveries"] > 9 * direct["slice_writes"]
-    for key in ("p50_ms", "p99_ms", "all_nodes_p50_ms", "all_nodes_p99_ms"):
-        assert latency[key] is not None and math.isfinite(latency[key]), latency
-        assert 0 <= latency[key] < 10_000, latency
-    assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
-    assert direct["diverged"] == []
+    for mode in ("direct", "node"):
+        m = figures["modes"][mode]
+        latency = m["latency"]
+        assert m["slice_writes"] > 20, (mode, m)
+        assert latency["missing"] == 0, (mode, latency)
+        # 9 nodes, each with kube-proxy (most slices) and CoreDNS (all of them).
+        assert latency["deliveries"] > 9 * m["slice_writes"], (mode, latency)
+        for key in ("p50_ms", "p99_ms", "all_nodes_p50_ms", "all_nodes_p99_ms"):
+            assert latency[key] is not None and math.isfinite(latency[key]), (mode, latency)
+            assert 0 <= latency[key] < 10_000, (mode, latency)
+        assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+        assert m["diverged"] == [], mode
+
+    # Node-level reuse: two readers per node share one upstream watch per resource.
+    node = figures["modes"]["node"]["pools"]
+    for pool in ("edge-a", "edge-b"):
+        ratio = figures["versus_direct"]["node"]["pool_scope_bytes"][pool]
+        print(f"{pool}: node-level pool-scope bytes {ratio:.2f} of direct")
+        assert ratio is not None and ratio < 0.75, (pool, ratio, pools[pool], node[pool])

@@ -109,10 +109,11 @@ def test_the_bench_topology_is_the_default_lab_at_three_and_grows_edge_pools():
         topology({"edge-c": 3})
 
 
-def test_only_the_direct_mode_exists_yet():
+def test_direct_and_node_modes_exist_and_pool_is_refused_not_faked():
     assert check_modes("direct") == ("direct",)
+    assert check_modes("direct,node") == ("direct", "node")
     for modes, words in (
-        ("direct,node", "mode 'node' is not implemented yet"),
+        ("direct,pool", "mode 'pool' is not implemented yet"),
         ("pool", "mode 'pool' is not implemented yet"),
         ("fast", "unknown mode 'fast'"),
         ("", "name at least one"),

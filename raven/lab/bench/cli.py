@@ -52,25 +52,16 @@ def crosspool(
     ] = False,
     prefix: Annotated[
         str | None,
-        typer.Option(
-            help="Lab prefix for the bench's own lab (default: bx<pid>); the "
-            "hand-built chain uses <prefix>h."
-        ),
+        typer.Option(help="Lab prefix for the bench's own lab (default: bx<pid>); the "
+                     "hand-built chain uses <prefix>h."),
     ] = None,
     state_dir: Annotated[
         str | None, typer.Option(help="State dir of the bench's lab (default: a temp dir).")
     ] = None,
 ) -> None:
     """Lab up to full ping matrix; cross-pool TCP through Raven vs a hand-built WireGuard path."""
-    _run(
-        "crosspool",
-        output,
-        duration=duration,
-        rounds=rounds,
-        skip_handbuilt=skip_handbuilt,
-        prefix=prefix,
-        state_dir=state_dir,
-    )
+    _run("crosspool", output, duration=duration, rounds=rounds, skip_handbuilt=skip_handbuilt,
+         prefix=prefix, state_dir=state_dir)
 
 
 @app.command()
@@ -109,17 +100,9 @@ def failover(
     verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
 ) -> None:
     """10 ms probe edge-a member -> edge-b while the edge-a gateway crashes, then stops."""
-    _run(
-        "failover",
-        output,
-        prefix=prefix,
-        state_dir=state_dir,
-        recover_timeout=recover_timeout,
-        lease_duration=lease_duration,
-        lease_renew=lease_renew,
-        lease_retry=lease_retry,
-        verbose=verbose,
-    )
+    _run("failover", output, prefix=prefix, state_dir=state_dir,
+         recover_timeout=recover_timeout, lease_duration=lease_duration,
+         lease_renew=lease_renew, lease_retry=lease_retry, verbose=verbose)
 
 
 @app.command()
@@ -138,15 +121,8 @@ def heartbeat(
     verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
 ) -> None:
     """Cut an edge-a member from the cloud: heartbeat through the gateway, Lease ages, writes."""
-    _run(
-        "heartbeat",
-        output,
-        cut_seconds=cut_seconds,
-        sample_s=sample,
-        prefix=prefix,
-        state_dir=state_dir,
-        verbose=verbose,
-    )
+    _run("heartbeat", output, cut_seconds=cut_seconds, sample_s=sample, prefix=prefix,
+         state_dir=state_dir, verbose=verbose)
 
 
 @app.command("cache-proxy")
@@ -159,14 +135,8 @@ def cache_proxy(
 ) -> None:
     """raven-cache-proxy vs the API server: GET latency quiet and under churn, watch event
     delay, CPU, offline list and memory."""
-    _run(
-        "cacheproxy",
-        output,
-        objects=objects,
-        gets=gets,
-        churn_rate=churn_rate,
-        churn_seconds=churn_seconds,
-    )
+    _run("cacheproxy", output, objects=objects, gets=gets, churn_rate=churn_rate,
+         churn_seconds=churn_seconds)
 
 
 @app.command()
@@ -192,17 +162,8 @@ def resources(
 ) -> None:
     """Memory and CPU of the pod's containers (agent + wireguard-go, cache-proxy): idle,
     failing over, restarting; and the image's size."""
-    _run(
-        "resources",
-        output,
-        prefix=prefix,
-        state_dir=state_dir,
-        idle=idle,
-        failover=failover,
-        restart=restart,
-        image=image,
-        verbose=verbose,
-    )
+    _run("resources", output, prefix=prefix, state_dir=state_dir, idle=idle,
+         failover=failover, restart=restart, image=image, verbose=verbose)
 
 
 @app.command()
@@ -232,27 +193,21 @@ def scale(
 ) -> None:
     """P pools x N nodes of simulated agents: API writes, reads and watch events per pool and
     node, agent CPU and memory, crash failover; the arithmetic to 1,000 pools x 20 nodes."""
-    _run(
-        "scale",
-        output,
-        pools=pools,
-        nodes=nodes,
-        workers=workers,
-        window=window,
-        settle=settle,
-        trials=trials,
-        baseline_pools=baseline_pools,
-        start_rate=start_rate,
-        verbose=verbose,
-    )
+    _run("scale", output, pools=pools, nodes=nodes, workers=workers, window=window,
+         settle=settle, trials=trials, baseline_pools=baseline_pools, start_rate=start_rate,
+         verbose=verbose)
 
 
 @app.command()
 def reuse(
     output: Output = "text",
     modes: Annotated[
-        str, typer.Option(help="Modes measured in the run: direct (node, pool: not yet).")
-    ] = "direct",
+        str,
+        typer.Option(
+            help="Modes measured in the run, in order: direct (no reuse), node (node-level "
+            "reuse); pool: not yet."
+        ),
+    ] = "direct,node",
     nodes_per_pool: Annotated[int, typer.Option(help="Nodes in each edge pool.")] = 3,
     rate: Annotated[float, typer.Option(help="Churn operations a second.")] = 5.0,
     services: Annotated[int, typer.Option(help="Services the churn keeps (within 20 %).")] = 50,
@@ -268,16 +223,6 @@ def reuse(
 ) -> None:
     """Bytes of every node's Service/EndpointSlice reads on each edge pool's NAT uplink, and
     the time from an EndpointSlice write to every node's kube-proxy and CoreDNS."""
-    _run(
-        "reuse",
-        output,
-        modes=modes,
-        nodes_per_pool=nodes_per_pool,
-        rate=rate,
-        services=services,
-        churn_seconds=seconds,
-        seed=seed,
-        prefix=prefix,
-        state_dir=state_dir,
-        verbose=verbose,
-    )
+    _run("reuse", output, modes=modes, nodes_per_pool=nodes_per_pool, rate=rate,
+         services=services, churn_seconds=seconds, seed=seed, prefix=prefix,
+         state_dir=state_dir, verbose=verbose)

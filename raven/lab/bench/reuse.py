@@ -7,20 +7,23 @@ seeds ``services`` Services with their EndpointSlices (:mod:`raven.lab.churn`), 
 the bytes crossing each edge pool's NAT router to and from the API server (two iptables rules
 in the router's FORWARD path, read before and after each window). In one run:
 
-1. **rest**: churn for ``churn_seconds`` without the stand-ins: what the pool's agents,
-   kubelets and heartbeats cost the uplink anyway;
+1. **rest**: churn for ``churn_seconds`` without the stand-ins, the cache-proxies without
+   shared copies (``--share none``): what the pool's agents, kubelets and heartbeats cost the
+   uplink anyway;
 2. **sync**: the kube-proxy and CoreDNS stand-ins start on every node and list everything;
-3. **mode** (``direct``: every component of every node lists and watches the API server
-   through its own node's cache-proxy, no reuse): the same churn for ``churn_seconds`` with
-   the stand-ins. The pool-scope traffic is this window's bytes minus the rest's. Every
-   EndpointSlice write is matched with its arrival at every stand-in that selects it: p50 and
-   p99 of each delivery and of the time until the last node had it, and what never arrived;
-   then every stand-in's copy is compared with the API server's, object by object; and the
-   cache-proxies' CPU (over the window) and resident memory (at its end).
+3. **a window per mode**: every node's cache-proxy restarts into the mode (its clients watch
+   again; what that costs is ``resync_bytes``), then the same churn for ``churn_seconds``.
+   ``direct``: every component of every node lists and watches the API server through its
+   own node's cache-proxy, no reuse (``--share none``). ``node``: node-level reuse, one
+   upstream list+watch of Services and of EndpointSlices per node, every component answered
+   from it (the proxy's default). The pool-scope traffic is the window's bytes minus the
+   rest's. Every EndpointSlice write is matched with its arrival at every stand-in that
+   selects it: p50 and p99 of each delivery and of the time until the last node had it, and
+   what never arrived; then every stand-in's copy is compared with the API server's, object
+   by object; and the cache-proxies' CPU (over the window) and resident memory (at its end).
 
-``--modes direct,node,pool`` names the modes to measure; only ``direct`` exists yet (node- and
-pool-level reuse in raven-cache-proxy are issue 12's items 2 and 3): the others are refused,
-not faked. Each new mode will be a window like 3 after restarting the cache-proxies in it.
+``--modes direct,node,pool`` names the modes to measure, in that order; ``pool`` (pool-level
+reuse, issue 12's item 3) does not exist yet and is refused, not faked.
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ from raven.lab.state import LabState
 from raven.lab.topology import Lab
 
 MODES = ("direct", "node", "pool")
-IMPLEMENTED = ("direct",)
+IMPLEMENTED = ("direct", "node")
 SETTLE_S = 3.0  # after a churn window, for the last events to arrive
+RESYNC_S = 5.0  # after the proxies restart into a mode, for every client to watch again
+# The cache-proxies' --share in each mode (the rest window runs with none).
+SHARE = {"direct": "none", "node": ""}
 
 
 class BenchError(Exception):
@@ -77,7 +83,7 @@ def check_modes(text: str) -> tuple[str, ...]:
         if mode not in IMPLEMENTED:
             raise BenchError(
                 f"mode {mode!r} is not implemented yet: raven-cache-proxy has no "
-                f"{mode}-level reuse (issue 12); measure --modes direct"
+                f"{mode}-level reuse (issue 12); measure --modes direct,node"
             )
     return modes
 
@@ -157,6 +163,15 @@ def _proxy_pids(st: LabState, nodes: list[str]) -> dict[str, int]:
             if st.processes(proxies.ROLE, n)}  # fmt: skip
 
 
+def _proxies_in(lab: Lab, st: LabState, state_dir: Path, mode: str) -> None:
+    """Every node's cache-proxy restarted with the ``--share`` of ``mode``."""
+    proxies.set_share(st, SHARE[mode])
+    try:
+        proxies.restart_all(lab, st, state_dir)
+    except proxies.ProxyError as e:
+        raise BenchError(str(e)) from e
+
+
 def _server_versions(state_dir: Path, selector: str) -> dict[str, str]:
     async def go() -> dict[str, str]:
         kube = _admin(state_dir)
@@ -211,6 +226,9 @@ def measure(
     edge = {r.pool: [n.name for n in lab.nodes if n.pool == r.pool] for r in lab.routers}
     everyone = [n.name for n in lab.nodes]
     install_counters(lab)
+    # The rest is what the uplink carries without any reader of Services and EndpointSlices:
+    # proxies without shared copies.
+    _proxies_in(lab, st, state_dir, "direct")
     churn = Churn(_admin(state_dir), nodes=everyone)
     plan = ChurnPlan(services=services, seed=seed_value)
     log(f"seeding {services} Services")
@@ -242,6 +260,12 @@ def measure(
         "modes": {},
     }
     for mode in modes:
+        log(f"{mode}: the cache-proxies restart with --share {SHARE[mode] or 'default'}")
+        pre_mode, t0 = read_counters(lab), time.monotonic()
+        _proxies_in(lab, st, state_dir, mode)
+        time.sleep(RESYNC_S)
+        resynced = read_counters(lab)
+        resync_s = time.monotonic() - t0
         log(f"{mode}: {churn_seconds:.0f} s of churn with the stand-ins")
         pids = _proxy_pids(st, everyone)
         cpu0 = {n: resources.read(p) for n, p in pids.items()}
@@ -284,12 +308,14 @@ def measure(
                 "pool_scope_bytes_per_min": round(scope, 1),
                 "pool_scope_bytes_per_node_per_min": round(scope / len(names), 1),
                 "sync_bytes": sum(synced[pool].values()) - sum(pre_sync[pool].values()),
+                "resync_bytes": sum(resynced[pool].values()) - sum(pre_mode[pool].values()),
                 "proxy_cpu_millicores_max": round(max(cpu), 1) if cpu else None,
                 "proxy_cpu_millicores_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
                 "proxy_rss_mib_max": round(max(rss), 1) if rss else None,
             }
         figures["modes"][mode] = {
             "window_seconds": round(window_s, 1),
+            "resync_seconds": round(resync_s, 1),
             "operations": ops,
             "slice_writes": sum(
                 1 for w in churn.writes[first_write:] if w.resource == "endpointslices"
@@ -299,7 +325,35 @@ def measure(
             "latency": got.summary(),
             "diverged": compare(state_dir, dumps),
         }
+    figures["versus_direct"] = versus_direct(figures["modes"])
     return figures
+
+
+def versus_direct(modes: dict[str, Any]) -> dict[str, Any]:
+    """Per mode but direct, per pool: its pool-scope bytes and its slowest delivery as a
+    fraction of direct's, measured in the same run (the goal: bytes about 1/N)."""
+    direct = modes.get("direct")
+    if direct is None:
+        return {}
+    out: dict[str, Any] = {}
+    for mode, m in modes.items():
+        if mode == "direct":
+            continue
+        pools = {}
+        for pool, p in m["pools"].items():
+            base = direct["pools"][pool]["pool_scope_bytes_per_min"]
+            pools[pool] = round(p["pool_scope_bytes_per_min"] / base, 3) if base > 0 else None
+        lat, base_lat = m["latency"], direct["latency"]
+        out[mode] = {
+            "pool_scope_bytes": pools,
+            "all_nodes_p50": _ratio(lat.get("all_nodes_p50_ms"), base_lat.get("all_nodes_p50_ms")),
+            "all_nodes_p99": _ratio(lat.get("all_nodes_p99_ms"), base_lat.get("all_nodes_p99_ms")),
+        }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
 
 
 @contextmanager
@@ -319,7 +373,7 @@ def own_lab(
 
 def run(
     *,
-    modes: str = "direct",
+    modes: str = "direct,node",
     nodes_per_pool: int = 3,
     edge_nodes: dict[str, int] | None = None,
     rate: float = 5.0,
@@ -386,13 +440,15 @@ def render(figures: dict[str, Any]) -> str:
         )
         lines.append(
             f"{'pool':<8} {'nodes':>5} {'total B/min':>12} {'rest B/min':>11} "
-            f"{'pool-scope B/min':>17} {'per node':>9} {'sync B':>9} {'proxy m':>8} {'MiB':>6}"
+            f"{'pool-scope B/min':>17} {'per node':>9} {'sync B':>9} {'resync B':>9} "
+            f"{'proxy m':>8} {'MiB':>6}"
         )
         for pool, p in m["pools"].items():
             lines.append(
                 f"{pool:<8} {figures['nodes'][pool]:>5} {p['bytes_per_min']:>12,.0f} "
                 f"{p['rest_bytes_per_min']:>11,.0f} {p['pool_scope_bytes_per_min']:>17,.0f} "
                 f"{p['pool_scope_bytes_per_node_per_min']:>9,.0f} {p['sync_bytes'] or 0:>9,} "
+                f"{p['resync_bytes'] or 0:>9,} "
                 f"{p['proxy_cpu_millicores_max'] or 0:>8} {p['proxy_rss_mib_max'] or 0:>6}"
             )
         lines.append(
@@ -404,4 +460,14 @@ def render(figures: dict[str, Any]) -> str:
             "every stand-in equals the API server" if not m["diverged"]
             else f"DIVERGED from the API server: {', '.join(m['diverged'])}"
         )  # fmt: skip
+    for mode, v in figures.get("versus_direct", {}).items():
+        share = ", ".join(
+            f"{pool} {r:.2f} (1/{figures['nodes'][pool]} = {1 / figures['nodes'][pool]:.2f})"
+            if r is not None else f"{pool} n/a"
+            for pool, r in v["pool_scope_bytes"].items()
+        )  # fmt: skip
+        lines.append(
+            f"\n[{mode} vs direct] pool-scope bytes: {share}; time to every node: p50 "
+            f"x{v['all_nodes_p50']}, p99 x{v['all_nodes_p99']}"
+        )
     return "\n".join(lines)
