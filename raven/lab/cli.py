@@ -1,16 +1,17 @@
-"""``raven lab up | status | down | agents | apiserver | cut | heal | restart | kill``: the
-command-line face of the lab engine."""
+"""``raven lab up | status | down | agents | apiserver | cut | heal | restart | kill | break |
+fix``: the command-line face of the lab engine."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, engine, faults, matrix, proxies, sidecars
+from raven.lab import apiserver_proc, breaks, deployment, engine, faults, matrix, proxies, sidecars
 from raven.lab.state import LabState
 from raven.lab.topology import Lab, TopologyError
 
@@ -170,6 +171,8 @@ def status(
     typer.echo(f"API server: {st.api_url or '-'}")
     cut = ", ".join(f"{c['target']} ({c['scope']})" for c in st.cuts)
     typer.echo(f"cut:        {cut or '-'}")
+    broken = ", ".join(f"{b['kind']} at {b['target']}" for b in st.breaks)
+    typer.echo(f"broken:     {broken or '-'}")
     rows = [
         (
             "KIND",
@@ -385,3 +388,73 @@ def restart(
             f"API server; start it with `raven lab restart {node} --component cache-proxy`",
             err=True,
         )
+
+
+def _kube_factory(st: LabState) -> tuple[Callable[[], breaks.Kube], Callable[[], None]]:
+    """A lazily made API client for breaks (most kinds never need one) and its closer."""
+    made: list[breaks.Kube] = []
+
+    def get() -> breaks.Kube:
+        if not made:
+            made.append(breaks.Kube(Path(st.info["kubeconfig"]), lab_agents_lease_namespace()))
+        return made[0]
+
+    def close() -> None:
+        for k in made:
+            k.close()
+
+    return get, close
+
+
+def lab_agents_lease_namespace() -> str:
+    return deployment.agent_environment()["RAVEN_LEASE_NAMESPACE"]
+
+
+@app.command("break")
+def break_(
+    kind: Annotated[
+        str, typer.Argument(help=f"One of: {', '.join(breaks.KINDS)}.", show_default=False)
+    ],
+    target: Annotated[
+        str | None, typer.Argument(help="A pool or node, as the kind takes (default: chosen).")
+    ] = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Break something an agent cannot or must not repair; `raven lab fix` undoes it.
+
+    Kinds: nat-udp [POOL], rp-filter [NODE], mtu [POOL], forwarding [NODE], relay-wg,
+    bad-key [NODE], overlap [POOL], api [NODE] (netns-lab/README.md says what each does).
+    """
+    if kind not in breaks.KINDS:
+        _fail(f"no such fault kind: {kind!r} (kinds: {', '.join(breaks.KINDS)})", 2)
+    st, lab = _load(_settings(state_dir, prefix))
+    kube, close = _kube_factory(st)
+    try:
+        plan = breaks.plan_break(lab, kind, target, breaks.read_facts(lab, st, kube()))
+        breaks.apply_break(lab, st, plan, kube)
+    except breaks.BreakError as e:
+        _fail(e, 1)
+    finally:
+        close()
+    typer.echo(f"broke {plan.kind} at {plan.target}: {plan.summary}")
+
+
+@app.command()
+def fix(
+    kind: Annotated[
+        str | None, typer.Argument(help="Only this kind (default: every break).")
+    ] = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Undo what `raven lab break` did, exactly (newest first)."""
+    st, _ = _load(_settings(state_dir, prefix))
+    kube, close = _kube_factory(st)
+    try:
+        done = breaks.fix(st, kind, kube)
+    except breaks.BreakError as e:
+        _fail(e, 1)
+    finally:
+        close()
+    typer.echo(f"fixed {', '.join(done)}" if done else "nothing was broken")
