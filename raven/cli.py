@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from raven.diagnose.cli import command as diagnose_command
 from raven.lab.bench.cli import app as bench_app
 from raven.lab.cli import app as lab_app
 
@@ -16,6 +17,7 @@ app.add_typer(
 app.add_typer(
     bench_app, name="bench", help="Benchmarks that print their figures against a baseline."
 )
+app.command("diagnose")(diagnose_command)
 
 
 def main() -> None:

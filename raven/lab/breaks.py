@@ -245,8 +245,11 @@ def plan_break(lab: Lab, kind: str, target: str | None, facts: Facts) -> Plan:
             holder = facts.holders.get(routed[0])
             members = [n for n in lab.nodes if n.pool == routed[0] and n.name != holder]
             gw = next((n for n in lab.nodes if n.name == holder), None)
-            off_link = [n for n in members if gw is None or n.switch_netns != gw.switch_netns
-                        or n.bridge != gw.bridge]  # fmt: skip
+            off_link = [
+                n
+                for n in members
+                if gw is None or n.switch_netns != gw.switch_netns or n.bridge != gw.bridge
+            ]
             node = (off_link or members)[-1]
         else:
             node = _node(lab, target)
@@ -268,8 +271,12 @@ def plan_break(lab: Lab, kind: str, target: str | None, facts: Facts) -> Plan:
             raise BreakError(f"no wireguard-go serves {lab.wg_ifname(node.name)} on {node.name}")
         pid, start = found
         what = f"wireguard-go {lab.wg_ifname(node.name)}"
-        return Plan(kind, node.name, (Signal(pid, start, "STOP", what),),
-                    f"{what} (pid {pid}) on {node.name} stopped")  # fmt: skip
+        return Plan(
+            kind,
+            node.name,
+            (Signal(pid, start, "STOP", what),),
+            f"{what} (pid {pid}) on {node.name} stopped",
+        )
     if kind == "bad-key":
         node = (
             _node(lab, target)

@@ -458,3 +458,35 @@ def fix(
     finally:
         close()
     typer.echo(f"fixed {', '.join(done)}" if done else "nothing was broken")
+
+
+@app.command("diagnose")
+def diagnose_(
+    src: Annotated[str, typer.Argument(help="Source pod: a lab pod name (edge-a-1-pod) or IP.")],
+    dst: Annotated[str, typer.Argument(help="Destination pod: a lab pod name or IP.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json")] = "text",
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """`raven diagnose --lab`: the path between two lab pods, every hop checked, probed."""
+    from raven.diagnose.cli import run_diagnosis
+    from raven.diagnose.run import Settings
+    from raven.lab.diagnose import lab_context
+
+    if output not in ("text", "json"):
+        _fail(f"-o {output!r}: expected text or json", 2)
+    try:
+        transport, kubeconfig, namespace = lab_context(_settings(state_dir, prefix))
+    except engine.LabError as e:
+        _fail(e, 2)
+    code = run_diagnosis(
+        src,
+        dst,
+        transport,
+        kubeconfig=kubeconfig,
+        lease_namespace=namespace,
+        pod_namespace="default",
+        output=output,
+        settings=Settings(),
+    )
+    raise typer.Exit(code)
