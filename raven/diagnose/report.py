@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from raven.diagnose.checks import Status
+from raven.diagnose.outcome import Report, stations
 from raven.diagnose.path import Leg
-from raven.diagnose.run import Report, _stations
 
 
 def as_json(report: Report) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def as_json(report: Report) -> dict[str, Any]:
             {"tunnel": str(s), "a": s.a, "b": s.b}
             if isinstance(s, Leg)
             else {"node": s.node, "pool": s.pool, "roles": list(s.roles)}
-            for s in (_stations(path) if path is not None else [])
+            for s in (stations(path) if path is not None else [])
         ],
         "findings": [f.as_json() for f in report.findings],
         "verdict": verdict.as_json() if verdict is not None else None,
@@ -39,7 +39,7 @@ def as_text(report: Report, *, verbose: bool = True) -> str:
     path = report.path
     if path is not None:
         lines.append(f"{path.src} -> {path.dst}")
-        lines.append("path: " + " -> ".join(str(s) for s in _stations(path)))
+        lines.append("path: " + " -> ".join(str(s) for s in stations(path)))
     else:
         lines.append(f"{report.src} -> {report.dst}")
     width = max((len(f.where) for f in report.findings), default=0)

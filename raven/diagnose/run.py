@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from raven.diagnose import checks
 from raven.diagnose.checks import Finding, Status
 from raven.diagnose.facts import NodeFacts, parse_facts
+from raven.diagnose.outcome import Report, stations
 from raven.diagnose.path import Leg, Path, PathError, endpoint, expected_path, planned
 from raven.diagnose.probes import (
     Capture,
@@ -52,28 +53,6 @@ class Objects:
     annotations: Mapping[str, str | None]  # node -> its public-key annotation
     node_leases: Mapping[str, Mapping[str, str]]  # node -> its kube-node-lease annotations
     ready: Mapping[str, str | None]  # node -> Ready condition status
-
-
-@dataclass
-class Report:
-    src: str
-    dst: str
-    path: Path | None = None
-    findings: list[Finding] = field(default_factory=list)
-    seconds: float = 0.0
-    error: str = ""
-
-    @property
-    def verdict(self) -> Finding | None:
-        return checks.first_wrong(self.findings)
-
-    @property
-    def healthy(self) -> bool:
-        return not self.error and self.verdict is None
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.status is Status.WARN]
 
 
 # ---- objects ---------------------------------------------------------------------------------
@@ -256,9 +235,9 @@ def diagnose(
         rule_priority=settings.rule_priority,
         vxlan_dev={n: transport.vxlan_dev(n) for n in facts},
     )
-    stations = _stations(path)
-    by_station: dict[int, list[Finding]] = {i: [] for i in range(len(stations) + 1)}
-    for i, station in enumerate(stations):
+    order = stations(path)
+    by_station: dict[int, list[Finding]] = {i: [] for i in range(len(order) + 1)}
+    for i, station in enumerate(order):
         if isinstance(station, Leg):
             by_station[i] += _leg_findings(station, facts, plans, objects)
         else:
@@ -289,13 +268,21 @@ def diagnose(
             traced = checks.judge_trace(places, seen)
             if traced is not None:
                 idx = next(
-                    i for i, s in enumerate(stations) if getattr(s, "node", None) == traced.where
+                    i for i, s in enumerate(order) if getattr(s, "node", None) == traced.where
                 )
                 by_station[idx].append(traced)
         if echo_finding.status is Status.WRONG:
-            for i, station in enumerate(stations):
-                if isinstance(station, Leg):
-                    by_station[i][1:1] = _leg_probes(station, view, facts, plans, transport)
+            legs = {i: s for i, s in enumerate(order) if isinstance(s, Leg)}
+            probed = _parallel(
+                {
+                    str(i): functools.partial(_leg_probes, leg, view, facts, plans, transport)
+                    for i, leg in legs.items()
+                }
+            )
+            for i in legs:
+                found = probed[str(i)]
+                if not isinstance(found, Exception):
+                    by_station[i][1:1] = found  # after the keys, before the handshake
     else:
         echo_finding = Finding(
             src.node,
@@ -304,25 +291,11 @@ def diagnose(
             f"{src.node} has no address in its pod CIDR to probe from",
         )
 
-    for i in range(len(stations)):
+    for i in range(len(order)):
         report.findings += by_station[i]
     report.findings.append(echo_finding)
     report.seconds = time.monotonic() - t0
     return report
-
-
-def _stations(path: Path) -> list[Any]:
-    """Nodes and tunnels in the order a packet meets them: the source pool's tunnel after its
-    gateway, the destination pool's after the relay."""
-    legs = {leg.pool: leg for leg in path.legs}
-    out: list[Any] = []
-    for hop in path.hops:
-        out.append(hop)
-        if hop.pool == path.src.pool and "gateway" in hop.roles and path.src.pool in legs:
-            out.append(legs.pop(path.src.pool))
-        if "relay" in hop.roles and path.dst.pool in legs:
-            out.append(legs.pop(path.dst.pool))
-    return out + list(legs.values())
 
 
 def _echo(transport: Transport, node: str, echo: Echo) -> tuple[Any, ...]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import pytest
 
 from raven.diagnose.checks import Status
-from raven.diagnose.run import Report, diagnose, objects_or_error, resolve
+from raven.diagnose.outcome import Report
+from raven.diagnose.run import diagnose, objects_or_error, resolve
 from raven.lab import engine
 from raven.lab.diagnose import lab_context
 from raven.lab.topology import Lab
