@@ -3,7 +3,8 @@ checked against what the nodes hold, probes where a probe tells more, and the fi
 wrong with its evidence and what to do.
 
 Pure: :mod:`.facts` (what a node's dumps say), :mod:`.path` (the expected path, from the
-objects), :mod:`.checks` (facts -> verdicts), :mod:`.report`. The edges: :mod:`.probes` (scapy
+objects), :mod:`.checks` (facts -> verdicts), :mod:`.outcome` (findings in path order, the
+verdict), :mod:`.report` (text and JSON). The edges: :mod:`.probes` (scapy
 packets sent and captured on a node), :mod:`.transport` (how a node is reached: ``kubectl
 exec`` into its agent container here, its namespace in the lab), :mod:`.run` (reads the
 objects, collects, probes, judges).

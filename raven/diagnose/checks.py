@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from raven.diagnose.facts import NodeFacts
 from raven.diagnose.probes import CaptureResult, EchoReply
-from raven.model import DesiredState, PeerSpec, Role, RouteSpec
+from raven.model import DesiredState, RouteSpec
 
 #: WireGuard drops a session this long after its handshake (REJECT_AFTER_TIME); a live tunnel
 #: makes a new one every 2 minutes, so older than this (plus slack) means no handshake works.
@@ -64,7 +64,7 @@ def _contains(cidr: str, ip: str) -> bool:
     return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
 
 
-def _best(routes: Iterable[RouteSpec], ip: str) -> RouteSpec | None:
+def best_route(routes: Iterable[RouteSpec], ip: str) -> RouteSpec | None:
     hits = [r for r in routes if _contains(r.dst, ip)]
     return max(hits, key=lambda r: ipaddress.ip_network(r.dst).prefixlen, default=None)
 
@@ -99,7 +99,7 @@ def check_rule(node: str, facts: NodeFacts, desired: DesiredState) -> Finding:
 
 def check_route(node: str, facts: NodeFacts, desired: DesiredState, ip: str) -> Finding:
     """Raven's route towards ``ip``: planned, and in the kernel as planned."""
-    route = _best(desired.routes, ip)
+    route = best_route(desired.routes, ip)
     if route is None:
         refused = [
             p
@@ -377,12 +377,6 @@ def check_leg_keys(
     return ok(where, "public-key", "both ends peer with the keys the devices hold")
 
 
-def _peer_of(desired: DesiredState | None, key: str | None) -> PeerSpec | None:
-    if desired is None or key is None:
-        return None
-    return next((p for p in desired.peers if p.public_key == key), None)
-
-
 def check_handshake(where: str, edge: str, relay: str, facts: Mapping[str, NodeFacts]) -> Finding:
     """The edge gateway's session with the relay is fresh, and where the relay reaches it."""
     e, r = facts.get(edge), facts.get(relay)
@@ -533,10 +527,4 @@ def judge_leg_udp(
         where,
         "tunnel-udp",
         f"{'/'.join(map(str, arrived))} bytes arrive at {dst} from {', '.join(sorted(src_seen))}",
-    )
-
-
-def roles_of(desired: DesiredState) -> str:
-    return {Role.MEMBER: "member", Role.GATEWAY: "gateway", Role.RELAY: "relay"}.get(
-        desired.role, "none"
     )

@@ -325,7 +325,7 @@ def _probe_source(view: ClusterView, facts: NodeFacts | None, node: str) -> str 
 def _route_mtu(desired: DesiredState | None, ip: str) -> int | None:
     if desired is None:
         return None
-    route = checks._best(desired.routes, ip)
+    route = checks.best_route(desired.routes, ip)
     return route.mtu if route is not None else None
 
 
