@@ -18,23 +18,27 @@ from gateway.dump import DeviceStatus, WireGuardError, parse_dump
 from raven.model import LocalAddress
 
 #: Run with ``WG`` (the WireGuard device) and ``TABLE`` (Raven's table) in the environment.
-#: ``wg show`` gets 2 s: a stopped wireguard-go never answers.
+#: ``wg show`` gets 2 s: a stopped wireguard-go never answers. A table that does not exist
+#: (no Raven state yet) reads as no routes. Builtins where a loop meets every process.
 COLLECT_SCRIPT = r"""
+j() { out=$("$@" 2>/dev/null) || out='[]'; echo "$out"; }
 echo "@@ now"; date +%s
-echo "@@ rules"; ip -4 -j rule show
-echo "@@ routes"; ip -4 -j -d route show table "$TABLE"
-echo "@@ main"; ip -4 -j route show table main
-echo "@@ links"; ip -j -d link show
-echo "@@ addrs"; ip -4 -j addr show
+echo "@@ rules"; j ip -4 -j rule show
+echo "@@ routes"; j ip -4 -j -d route show table "$TABLE"
+echo "@@ main"; j ip -4 -j route show table main
+echo "@@ links"; j ip -j -d link show
+echo "@@ addrs"; j ip -4 -j addr show
 echo "@@ sysctl"
 cd /proc/sys/net/ipv4 && for f in ip_forward conf/*/forwarding conf/*/rp_filter; do
-  printf '%s %s\n' "$f" "$(cat "$f")"
+  v=; read -r v < "$f"; echo "$f $v"  # /proc/sys reads end without a newline: rc 1
 done
 echo "@@ wg"; timeout 2 wg show "$WG" dump 2>&1; echo "@@ wgrc $?"
 echo "@@ wgproc"
-for f in $(grep -l -a "wireguard-go" /proc/[0-9]*/cmdline 2>/dev/null); do
-  d=${f%/cmdline}; printf '%s %s %s\n' "${d#/proc/}" "$(cut -d' ' -f3 "$d/stat")" \
-    "$(tr '\0' ' ' < "$f")"
+for d in /proc/[0-9]*; do
+  c=; read -r c < "$d/comm" 2>/dev/null
+  [ "$c" = wireguard-go ] || continue
+  stat=; read -r stat < "$d/stat"; set -- $stat
+  echo "${d#/proc/} $3 $(tr '\0' ' ' < "$d/cmdline")"
 done
 echo "@@ mangle"; timeout 2 iptables-save -t mangle 2>&1
 echo "@@ end"

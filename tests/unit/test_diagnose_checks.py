@@ -507,3 +507,23 @@ def test_a_trace_names_the_first_node_the_echo_never_reached():
 def test_probe_requests_travel_as_json():
     echo = Echo("10.244.12.1", "10.244.22.2", (84, 1440), 7)
     assert from_json(to_json(echo)) == echo
+
+
+def test_the_collector_runs_with_a_posix_shell_here_and_parses_whole():
+    # Raven's table does not exist here and no wireguard-go serves the device: both read as
+    # nothing, never as a broken section.
+    import subprocess
+
+    from raven.diagnose.facts import COLLECT_SCRIPT
+
+    out = subprocess.run(
+        ["sh", "-c", COLLECT_SCRIPT],
+        env={"WG": "rvnotadev0", "TABLE": "9027", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    f = parse_facts("here", "rvnotadev0", out)
+    assert f.errors == ()
+    assert f.routes == () and f.wg is None and f.wg_processes == ()
+    assert f.sysctl_int("ip_forward") in (0, 1) and "lo" in f.links
