@@ -6,9 +6,11 @@ succeeds, whenever the node has any path to the API server (with none, nothing c
 the wanted state waits for a path to return).
 
 - Lease ``kube-node-lease/<node>``: the kubelet creates and renews it; the heartbeat never renews
-  it and never touches its spec. It reads the annotations and writes a JSON merge patch of
-  ``metadata.annotations`` only when they differ (null removes a key), so a steady node costs one
-  GET at start and nothing after.
+  it and never touches its spec. It writes a JSON merge patch of the two annotations (null
+  removes a key) whenever the wanted marks change, and once at start: one write per transition.
+  It never decides from a read: the node's cache-proxy answers reads from its cache while it
+  believes the cloud unreachable (for a few seconds after every change of route), and such a
+  stale Lease once made a healed node's heartbeat skip the removal, leaving its marks on.
 - Events about the Node (namespace ``default``, where ``kubectl describe node`` looks), at most
   ``max_events`` waiting; the oldest go first when more pile up during an outage.
 - With ``taint``: ``node.openyurt.io/unschedulable:NoSchedule`` on the Node while delegated
@@ -99,21 +101,18 @@ class Reporter:
         marks = self.marks
         if self._written_marks == marks:
             return
+        delta = lease_annotations(marks)
         try:
-            lease = await self.client.get(self.lease, self.node)
+            await self.client.merge_patch(
+                self.lease, self.node, {"metadata": {"annotations": delta}}
+            )
         except NotFound:
             if not marks:
                 self._written_marks = marks  # no Lease, so no marks on it either
                 return
             raise
-        current = (lease.get("metadata") or {}).get("annotations") or {}
-        delta = {k: v for k, v in lease_annotations(marks).items() if current.get(k) != v}
-        if delta:
-            await self.client.merge_patch(
-                self.lease, self.node, {"metadata": {"annotations": delta}}
-            )
-            self.writes += 1
-            log.info("Lease %s/%s marks: %s", NODE_LEASE_NAMESPACE, self.node, delta)
+        self.writes += 1
+        log.info("Lease %s/%s marks: %s", NODE_LEASE_NAMESPACE, self.node, delta)
         self._written_marks = marks
 
     async def _event(self, event: Event) -> None:
