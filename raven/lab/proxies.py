@@ -21,7 +21,7 @@ from pathlib import Path
 from raven.lab import netns
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
 from raven.lab.apiserver.pki import Pki, node_client_name
-from raven.lab.state import LabState
+from raven.lab.state import LabState, log_since
 from raven.lab.topology import Lab, Node
 
 ROLE = "cache-proxy"
@@ -113,12 +113,12 @@ def wait_ready(st: LabState, nodes: list[str], *, timeout: float = 20.0) -> None
                 raise ProxyError(f"no cache proxy of {name} was started")
             rec = recs[-1]
             log_file = Path(rec["log"])
-            if READY_LINE in _log_since(log_file, int(rec.get("log_offset", 0))):
+            if READY_LINE in log_since(rec):
                 del waiting[name]
             elif not st.running(ROLE, name):
                 raise ProxyError(
                     f"the cache proxy of {name} exited; log {log_file}:\n"
-                    + _log_since(log_file, int(rec.get("log_offset", 0)))[-2000:].decode(
+                    + log_since(rec)[-2000:].decode(
                         errors="replace"
                     )
                 )
@@ -128,15 +128,6 @@ def wait_ready(st: LabState, nodes: list[str], *, timeout: float = 20.0) -> None
             names = ", ".join(sorted(waiting))
             raise ProxyError(f"cache proxy of {names} not listening after {timeout:.0f}s")
         time.sleep(0.05)
-
-
-def _log_since(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except OSError:
-        return b""
 
 
 def start_missing(lab: Lab, st: LabState, state_dir: Path, nodes: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ from raven.lab import netns
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
 from raven.lab.apiserver.pki import Pki, node_client_name
 from raven.lab.proxies import PROXY_URL
-from raven.lab.state import LabState
+from raven.lab.state import LabState, log_since
 from raven.lab.topology import Node
 
 KUBELET, HEARTBEAT = "kubelet", "heartbeat"
@@ -145,7 +145,7 @@ def wait_ready(st: LabState, role: str, nodes: list[str], *, timeout: float = 20
             if not recs:
                 raise SidecarError(f"no {role} of {name} was started")
             rec = recs[-1]
-            text = _log_since(Path(rec["log"]), int(rec.get("log_offset", 0)))
+            text = log_since(rec)
             if READY_LINES[role] in text:
                 del waiting[name]
             elif not st.running(role, name):
@@ -158,15 +158,6 @@ def wait_ready(st: LabState, role: str, nodes: list[str], *, timeout: float = 20
                 f"{role} of {', '.join(sorted(waiting))} not up after {timeout:.0f}s"
             )
         time.sleep(0.05)
-
-
-def _log_since(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except OSError:
-        return b""
 
 
 def stop(st: LabState, role: str, node: str, *, grace: float = 5.0) -> bool:

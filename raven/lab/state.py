@@ -150,6 +150,17 @@ class LabState:
         )
 
 
+def log_since(record: dict[str, Any]) -> bytes:
+    """What a recorded process wrote to its log since it started (its record's ``log`` and
+    ``log_offset``); empty when the log cannot be read."""
+    try:
+        with open(record["log"], "rb") as f:
+            f.seek(int(record.get("log_offset", 0)))
+            return f.read()
+    except OSError:
+        return b""
+
+
 def proc_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks), or None if no such process."""
     try:

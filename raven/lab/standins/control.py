@@ -26,7 +26,7 @@ from raven.lab.proxies import PROXY_URL
 from raven.lab.sidecars import node_dir
 from raven.lab.standins.components import COMPONENTS, rbac_objects
 from raven.lab.standins.process import READY_LINE
-from raven.lab.state import LabState, is_same_process
+from raven.lab.state import LabState, is_same_process, log_since
 from raven.lab.topology import Node
 
 ROLES = tuple(sorted(COMPONENTS))
@@ -113,7 +113,7 @@ def wait_ready(
             if not recs:
                 raise StandInError(f"no {component} stand-in of {node} was started")
             rec = recs[-1]
-            text = _log_since(Path(rec["log"]), int(rec.get("log_offset", 0)))
+            text = log_since(rec)
             if READY_LINE.encode() in text:
                 waiting.discard((component, node))
             elif not st.running(component, node):
@@ -125,15 +125,6 @@ def wait_ready(
             names = ", ".join(f"{c}@{n}" for c, n in sorted(waiting))
             raise StandInError(f"stand-ins not synced after {timeout:.0f} s: {names}")
         time.sleep(0.1)
-
-
-def _log_since(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except OSError:
-        return b""
 
 
 def dump(
