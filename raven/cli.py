@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from raven.diagnose.cli import command as diagnose_command
 from raven.lab.bench.cli import app as bench_app
 from raven.lab.cli import app as lab_app
 from raven.overview import cli as overview_cli
@@ -17,6 +18,7 @@ app.add_typer(
 app.add_typer(
     bench_app, name="bench", help="Benchmarks that print their figures against a baseline."
 )
+app.command("diagnose")(diagnose_command)
 
 app.command("status")(overview_cli.status)
 app.command("graph")(overview_cli.graph)

@@ -1,16 +1,18 @@
 """``raven lab up | status | down | agents | apiserver | cut | heal | restart | kill |
-node-status | standins | churn``: the command-line face of the lab engine."""
+node-status | standins | churn | break | fix | diagnose``: the command-line face of the lab
+engine."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, engine, faults, matrix, proxies, sidecars
+from raven.lab import apiserver_proc, breaks, deployment, engine, faults, matrix, proxies, sidecars
 from raven.lab.state import LabState
 from raven.lab.topology import Lab, TopologyError
 
@@ -170,6 +172,8 @@ def status(
     typer.echo(f"API server: {st.api_url or '-'}")
     cut = ", ".join(f"{c['target']} ({c['scope']})" for c in st.cuts)
     typer.echo(f"cut:        {cut or '-'}")
+    broken = ", ".join(f"{b['kind']} at {b['target']}" for b in st.breaks)
+    typer.echo(f"broken:     {broken or '-'}")
     rows = [
         (
             "KIND",
@@ -483,3 +487,105 @@ def node_status(
     except NodeStatusError as e:
         _fail(e, 1)
     print_node_status(doc, output)
+
+
+def _kube_factory(st: LabState) -> tuple[Callable[[], breaks.Kube], Callable[[], None]]:
+    """A lazily made API client for breaks (most kinds never need one) and its closer."""
+    made: list[breaks.Kube] = []
+
+    def get() -> breaks.Kube:
+        if not made:
+            made.append(breaks.Kube(Path(st.info["kubeconfig"]), lab_agents_lease_namespace()))
+        return made[0]
+
+    def close() -> None:
+        for k in made:
+            k.close()
+
+    return get, close
+
+
+def lab_agents_lease_namespace() -> str:
+    return deployment.agent_environment()["RAVEN_LEASE_NAMESPACE"]
+
+
+@app.command("break")
+def break_(
+    kind: Annotated[
+        str, typer.Argument(help=f"One of: {', '.join(breaks.KINDS)}.", show_default=False)
+    ],
+    target: Annotated[
+        str | None, typer.Argument(help="A pool or node, as the kind takes (default: chosen).")
+    ] = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Break something an agent cannot or must not repair; `raven lab fix` undoes it.
+
+    Kinds: nat-udp [POOL], rp-filter [NODE], mtu [POOL], forwarding [NODE], relay-wg,
+    bad-key [NODE], overlap [POOL], api [NODE] (netns-lab/README.md says what each does).
+    """
+    if kind not in breaks.KINDS:
+        _fail(f"no such fault kind: {kind!r} (kinds: {', '.join(breaks.KINDS)})", 2)
+    st, lab = _load(_settings(state_dir, prefix))
+    kube, close = _kube_factory(st)
+    try:
+        plan = breaks.plan_break(lab, kind, target, breaks.read_facts(lab, st, kube()))
+        breaks.apply_break(lab, st, plan, kube)
+    except breaks.BreakError as e:
+        _fail(e, 1)
+    finally:
+        close()
+    typer.echo(f"broke {plan.kind} at {plan.target}: {plan.summary}")
+
+
+@app.command()
+def fix(
+    kind: Annotated[
+        str | None, typer.Argument(help="Only this kind (default: every break).")
+    ] = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """Undo what `raven lab break` did, exactly (newest first)."""
+    st, _ = _load(_settings(state_dir, prefix))
+    kube, close = _kube_factory(st)
+    try:
+        done = breaks.fix(st, kind, kube)
+    except breaks.BreakError as e:
+        _fail(e, 1)
+    finally:
+        close()
+    typer.echo(f"fixed {', '.join(done)}" if done else "nothing was broken")
+
+
+@app.command("diagnose")
+def diagnose_(
+    src: Annotated[str, typer.Argument(help="Source pod: a lab pod name (edge-a-1-pod) or IP.")],
+    dst: Annotated[str, typer.Argument(help="Destination pod: a lab pod name or IP.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json")] = "text",
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """`raven diagnose --lab`: the path between two lab pods, every hop checked, probed."""
+    from raven.diagnose.cli import run_diagnosis
+    from raven.diagnose.run import Settings
+    from raven.lab.diagnose import lab_context
+
+    if output not in ("text", "json"):
+        _fail(f"-o {output!r}: expected text or json", 2)
+    try:
+        transport, kubeconfig, namespace = lab_context(_settings(state_dir, prefix))
+    except engine.LabError as e:
+        _fail(e, 2)
+    code = run_diagnosis(
+        src,
+        dst,
+        transport,
+        kubeconfig=kubeconfig,
+        lease_namespace=namespace,
+        pod_namespace="default",
+        output=output,
+        settings=Settings(),
+    )
+    raise typer.Exit(code)

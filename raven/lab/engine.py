@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raven.lab import agents as lab_agents
-from raven.lab import apiserver_proc, deployment, faults, netns, proxies, sidecars
+from raven.lab import apiserver_proc, breaks, deployment, faults, netns, proxies, sidecars
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
 from raven.lab.apiserver.pki import Pki, node_clients
 from raven.lab.state import LabState, proc_start_time, stop_processes
@@ -484,6 +484,10 @@ def down(settings: Settings, *, log: Any = print) -> list[str]:
     st = LabState.load(settings.state_dir)
     prefix = st.prefix if st else settings.prefix
 
+    # 0. processes a break paused (SIGSTOP) go on again, so they can hear the signals below
+    if st is not None:
+        breaks.resume_paused(st)
+
     # 1. processes, by recorded PID only, each role at once: agents first (they talk to their
     #    proxies as they stop), then the proxies, then the API server and anything else
     procs = st.of_kind("process") if st else []
@@ -577,6 +581,7 @@ class Status:
     pods: list[dict[str, Any]]
     cuts: list[dict[str, Any]] = field(default_factory=list)
     proxy_kubeconfig: str | None = None
+    breaks: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -588,6 +593,7 @@ class Status:
             "nodes": self.nodes,
             "pods": self.pods,
             "cuts": self.cuts,
+            "breaks": self.breaks,
         }
 
 
@@ -645,6 +651,7 @@ def status(settings: Settings) -> Status:
         pods=pods,
         cuts=faults.cuts(st),
         proxy_kubeconfig=st.info.get("proxy_kubeconfig"),
+        breaks=breaks.breaks(st),
     )
 
 

@@ -52,16 +52,25 @@ def crosspool(
     ] = False,
     prefix: Annotated[
         str | None,
-        typer.Option(help="Lab prefix for the bench's own lab (default: bx<pid>); the "
-                     "hand-built chain uses <prefix>h."),
+        typer.Option(
+            help="Lab prefix for the bench's own lab (default: bx<pid>); the "
+            "hand-built chain uses <prefix>h."
+        ),
     ] = None,
     state_dir: Annotated[
         str | None, typer.Option(help="State dir of the bench's lab (default: a temp dir).")
     ] = None,
 ) -> None:
     """Lab up to full ping matrix; cross-pool TCP through Raven vs a hand-built WireGuard path."""
-    _run("crosspool", output, duration=duration, rounds=rounds, skip_handbuilt=skip_handbuilt,
-         prefix=prefix, state_dir=state_dir)
+    _run(
+        "crosspool",
+        output,
+        duration=duration,
+        rounds=rounds,
+        skip_handbuilt=skip_handbuilt,
+        prefix=prefix,
+        state_dir=state_dir,
+    )
 
 
 @app.command()
@@ -100,9 +109,17 @@ def failover(
     verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
 ) -> None:
     """10 ms probe edge-a member -> edge-b while the edge-a gateway crashes, then stops."""
-    _run("failover", output, prefix=prefix, state_dir=state_dir,
-         recover_timeout=recover_timeout, lease_duration=lease_duration,
-         lease_renew=lease_renew, lease_retry=lease_retry, verbose=verbose)
+    _run(
+        "failover",
+        output,
+        prefix=prefix,
+        state_dir=state_dir,
+        recover_timeout=recover_timeout,
+        lease_duration=lease_duration,
+        lease_renew=lease_renew,
+        lease_retry=lease_retry,
+        verbose=verbose,
+    )
 
 
 @app.command()
@@ -121,8 +138,15 @@ def heartbeat(
     verbose: Annotated[bool, typer.Option("--verbose", help="Progress on stderr.")] = False,
 ) -> None:
     """Cut an edge-a member from the cloud: heartbeat through the gateway, Lease ages, writes."""
-    _run("heartbeat", output, cut_seconds=cut_seconds, sample_s=sample, prefix=prefix,
-         state_dir=state_dir, verbose=verbose)
+    _run(
+        "heartbeat",
+        output,
+        cut_seconds=cut_seconds,
+        sample_s=sample,
+        prefix=prefix,
+        state_dir=state_dir,
+        verbose=verbose,
+    )
 
 
 @app.command("cache-proxy")
@@ -135,8 +159,14 @@ def cache_proxy(
 ) -> None:
     """raven-cache-proxy vs the API server: GET latency quiet and under churn, watch event
     delay, CPU, offline list and memory."""
-    _run("cacheproxy", output, objects=objects, gets=gets, churn_rate=churn_rate,
-         churn_seconds=churn_seconds)
+    _run(
+        "cacheproxy",
+        output,
+        objects=objects,
+        gets=gets,
+        churn_rate=churn_rate,
+        churn_seconds=churn_seconds,
+    )
 
 
 @app.command()
@@ -162,8 +192,17 @@ def resources(
 ) -> None:
     """Memory and CPU of the pod's containers (agent + wireguard-go, cache-proxy): idle,
     failing over, restarting; and the image's size."""
-    _run("resources", output, prefix=prefix, state_dir=state_dir, idle=idle,
-         failover=failover, restart=restart, image=image, verbose=verbose)
+    _run(
+        "resources",
+        output,
+        prefix=prefix,
+        state_dir=state_dir,
+        idle=idle,
+        failover=failover,
+        restart=restart,
+        image=image,
+        verbose=verbose,
+    )
 
 
 @app.command()

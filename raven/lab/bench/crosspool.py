@@ -123,13 +123,29 @@ def iperf(client_ns: str, server_ns: str, server_ip: str, duration: float) -> Fl
         deadline = time.monotonic() + 5
         while f":{IPERF_PORT}" not in _sh("ss", "-Hltn", ns=server_ns):
             if server.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"iperf3 server in {server_ns} did not start: "
-                                 f"{(server.stderr.read() if server.stderr else '').strip()}")
+                raise BenchError(
+                    f"iperf3 server in {server_ns} did not start: "
+                    f"{(server.stderr.read() if server.stderr else '').strip()}"
+                )
             time.sleep(0.05)
         res = subprocess.run(
-            ["ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-p", str(IPERF_PORT),
-             "-t", f"{duration:g}", "-J"],
-            capture_output=True, text=True, timeout=duration + 30,
+            [
+                "ip",
+                "netns",
+                "exec",
+                client_ns,
+                "iperf3",
+                "-c",
+                server_ip,
+                "-p",
+                str(IPERF_PORT),
+                "-t",
+                f"{duration:g}",
+                "-J",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
         )
         try:
             report = json.loads(res.stdout)
@@ -178,13 +194,21 @@ def _raven_cli() -> Path:
 
 def lab_up_to_full_matrix(settings: engine.Settings, timeout: float) -> tuple[float, Lab]:
     """Run ``raven lab up`` (with agents) and return seconds from its start to a full matrix."""
-    env = {**os.environ, "RAVEN_LAB_PREFIX": settings.prefix,
-           "RAVEN_LAB_DIR": str(settings.state_dir)}
+    env = {
+        **os.environ,
+        "RAVEN_LAB_PREFIX": settings.prefix,
+        "RAVEN_LAB_DIR": str(settings.state_dir),
+    }
     start = time.monotonic()
     # `lab up` itself waits for the matrix (up to 60 s) before it returns; we time the command
     # and then confirm the matrix ourselves, so a CLI that gave up does not count as success.
-    res = subprocess.run([str(_raven_cli()), "lab", "up"], capture_output=True, text=True,
-                         env=env, timeout=timeout + 120)
+    res = subprocess.run(
+        [str(_raven_cli()), "lab", "up"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout + 120,
+    )
     if res.returncode != 0:
         raise BenchError(f"raven lab up failed: {(res.stderr or res.stdout).strip()[-500:]}")
     _, lab = engine.load(settings)
@@ -219,8 +243,10 @@ def idle_cpu(settings: engine.Settings, seconds: float = 5.0) -> dict[str, float
 
 def _gateways(kubeconfig: Path) -> dict[str, str]:
     out = _sh(KUBECTL, "--kubeconfig", str(kubeconfig), "get", "gw", "-o", "json")
-    return {g["metadata"]["name"]: g.get("status", {}).get("activeNode", "")
-            for g in json.loads(out)["items"]}
+    return {
+        g["metadata"]["name"]: g.get("status", {}).get("activeNode", "")
+        for g in json.loads(out)["items"]
+    }
 
 
 def raven_path(lab: Lab, kubeconfig: Path, timeout: float = 20) -> RavenPath:
@@ -244,8 +270,15 @@ def raven_path(lab: Lab, kubeconfig: Path, timeout: float = 20) -> RavenPath:
                 return n.pod
         raise BenchError(f"pool {pool} has no node besides its gateway {active[pool]}")
 
-    return RavenPath(lab, kubeconfig, member_pod("edge-a"), member_pod("edge-b"),
-                     active["edge-a"], active[relay_pool], active["edge-b"])
+    return RavenPath(
+        lab,
+        kubeconfig,
+        member_pod("edge-a"),
+        member_pod("edge-b"),
+        active["edge-a"],
+        active[relay_pool],
+        active["edge-b"],
+    )
 
 
 def measure_raven(path: RavenPath, duration: float) -> Flow:
@@ -254,8 +287,10 @@ def measure_raven(path: RavenPath, duration: float) -> Flow:
     sent = path.tunnel_tx_bytes() - before
     # A flow that bypassed the tunnel would measure something other than Raven.
     if sent < flow.bytes:
-        raise BenchError(f"only {sent} bytes went into {path.gw_a}'s tunnel for a flow of "
-                         f"{flow.bytes} bytes: the traffic did not take the Raven path")
+        raise BenchError(
+            f"only {sent} bytes went into {path.gw_a}'s tunnel for a flow of "
+            f"{flow.bytes} bytes: the traffic did not take the Raven path"
+        )
     return flow
 
 
@@ -332,11 +367,18 @@ class HandChain:
         # iperf3 would skew the comparison.
         self.wg_procs[name] = subprocess.Popen(
             ["ip", "netns", "exec", ns, "wireguard-go", "-f", name],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
-        while not (sock.exists() and subprocess.run(
-                ["ip", "-n", ns, "link", "show", name], capture_output=True).returncode == 0):
+        while not (
+            sock.exists()
+            and subprocess.run(
+                ["ip", "-n", ns, "link", "show", name], capture_output=True
+            ).returncode
+            == 0
+        ):
             if self.wg_procs[name].poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"wireguard-go {name} in {ns} did not come up")
             time.sleep(0.05)
@@ -346,8 +388,9 @@ class HandChain:
             _sh("ip", "route", "add", cidr, "dev", name, "mtu", str(TUNNEL_MTU), ns=ns)
         return _sh("wg", "pubkey", input=key.read_text()).strip()
 
-    def _site(self, side: str, lan: str, public_ip: str, local_cidr: str, pod_ip: str,
-              remote_cidr: str) -> dict[str, str]:
+    def _site(
+        self, side: str, lan: str, public_ip: str, local_cidr: str, pod_ip: str, remote_cidr: str
+    ) -> dict[str, str]:
         """One edge site: NAT router with a LAN switch, a gateway node and a member node with
         its pod. Returns the namespace names."""
         nat, gw, node, pod = (self._netns(f"{side}{x}") for x in ("nat", "gw", "node", "pod"))
@@ -358,8 +401,22 @@ class HandChain:
         self._bridge(nat)
         _sh("ip", "-n", nat, "addr", "add", f"{lan}.1/24", "dev", "br0")
         self._forward(nat)
-        _sh("iptables", "-w", "5", "-t", "nat", "-A", "POSTROUTING", "-s", f"{lan}.0/24",
-            "-o", "eth0", "-j", "MASQUERADE", ns=nat)
+        _sh(
+            "iptables",
+            "-w",
+            "5",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            f"{lan}.0/24",
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+            ns=nat,
+        )
         pod_gw = local_cidr.rsplit(".", 1)[0] + ".1"
         for host, ip in ((gw, f"{lan}.10"), (node, f"{lan}.12")):
             port = host.rsplit("-", 1)[1]
@@ -376,8 +433,21 @@ class HandChain:
         _sh("ip", "-n", pod, "route", "add", f"{pod_gw}/32", "dev", "eth0")
         _sh("ip", "-n", pod, "route", "add", "default", "via", pod_gw, "dev", "eth0")
         # member -> its gateway for the other site's pods (Raven: a rule and its own table)
-        _sh("ip", "-n", node, "route", "add", remote_cidr, "via", f"{lan}.10", "dev", "eth0",
-            "onlink", "mtu", str(TUNNEL_MTU))
+        _sh(
+            "ip",
+            "-n",
+            node,
+            "route",
+            "add",
+            remote_cidr,
+            "via",
+            f"{lan}.10",
+            "dev",
+            "eth0",
+            "onlink",
+            "mtu",
+            str(TUNNEL_MTU),
+        )
         _sh("ip", "-n", gw, "route", "add", local_cidr, "via", f"{lan}.12")
         return {"gw": gw}
 
@@ -397,24 +467,71 @@ class HandChain:
         relay_pub = self._wg(relay, "r", ["listen-port", str(WG_PORT)], [a_cidr, b_cidr])
         peers = {}
         for side, site, local, remote in (("a", a, a_cidr, b_cidr), ("b", b, b_cidr, a_cidr)):
-            peers[side] = (self._wg(site["gw"], side, [
-                "peer", relay_pub, "endpoint", f"198.18.0.10:{WG_PORT}",
-                "allowed-ips", remote, "persistent-keepalive", "5",
-            ], [remote]), local)
+            peers[side] = (
+                self._wg(
+                    site["gw"],
+                    side,
+                    [
+                        "peer",
+                        relay_pub,
+                        "endpoint",
+                        f"198.18.0.10:{WG_PORT}",
+                        "allowed-ips",
+                        remote,
+                        "persistent-keepalive",
+                        "5",
+                    ],
+                    [remote],
+                ),
+                local,
+            )
             # the clamp Raven's gateway installs (mangle FORWARD, SYN out of the tunnel)
-            _sh("iptables", "-w", "5", "-t", "mangle", "-A", "FORWARD", "-o",
-                self.wg_name(side), "-p", "tcp", "--tcp-flags", "SYN,RST", "SYN",
-                "-j", "TCPMSS", "--clamp-mss-to-pmtu", ns=site["gw"])
+            _sh(
+                "iptables",
+                "-w",
+                "5",
+                "-t",
+                "mangle",
+                "-A",
+                "FORWARD",
+                "-o",
+                self.wg_name(side),
+                "-p",
+                "tcp",
+                "--tcp-flags",
+                "SYN,RST",
+                "SYN",
+                "-j",
+                "TCPMSS",
+                "--clamp-mss-to-pmtu",
+                ns=site["gw"],
+            )
         relay_args: list[str] = []
         for pub, local in peers.values():
             relay_args += ["peer", pub, "allowed-ips", local]
         _sh("wg", "set", self.wg_name("r"), *relay_args, ns=relay)
 
         deadline = time.monotonic() + 15
-        while subprocess.run(
-            ["ip", "netns", "exec", self.client_ns, "ping", "-n", "-q", "-c", "1", "-W", "1",
-             self.server_ip], capture_output=True,
-        ).returncode != 0:
+        while (
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.client_ns,
+                    "ping",
+                    "-n",
+                    "-q",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    self.server_ip,
+                ],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise BenchError("the hand-built chain does not pass a ping within 15 s")
 
@@ -470,13 +587,17 @@ def run(
     # prefixes, so it must never run over somebody else's lab or chain.
     if state_dir is not None and LabState.load(Path(state_dir)) is not None:
         raise BenchError(f"a lab already uses state dir {state_dir}")
-    in_use = [n for n in lab_netns.list_netns()
-              if n.startswith(f"{lab_prefix}-") or n.startswith(f"{lab_prefix}h-")]
+    in_use = [
+        n
+        for n in lab_netns.list_netns()
+        if n.startswith(f"{lab_prefix}-") or n.startswith(f"{lab_prefix}h-")
+    ]
     if host_if_name(lab_prefix) in lab_netns.link_names(None):
         in_use.append(host_if_name(lab_prefix))
     if in_use:
-        raise BenchError(f"prefix {lab_prefix!r} is in use ({', '.join(in_use[:5])}); "
-                         "choose another --prefix")
+        raise BenchError(
+            f"prefix {lab_prefix!r} is in use ({', '.join(in_use[:5])}); choose another --prefix"
+        )
     scratch = None
     if state_dir is None:
         scratch = Path(tempfile.mkdtemp(prefix="raven-bench-crosspool-"))
@@ -501,14 +622,14 @@ def run(
             for _ in range(rounds):  # alternate, so noise hits both alike
                 raven.append(measure_raven(path, duration))
                 if not skip_handbuilt:
-                    hand.append(iperf(chain.client_ns, chain.server_ns, chain.server_ip,
-                                      duration))
+                    hand.append(iperf(chain.client_ns, chain.server_ns, chain.server_ip, duration))
             figures["raven_mbit_s"] = round(statistics.median(f.mbit_s for f in raven), 1)
             figures["raven_retransmits"] = int(statistics.median(f.retransmits for f in raven))
             if hand:
                 figures["handbuilt_mbit_s"] = round(statistics.median(f.mbit_s for f in hand), 1)
                 figures["handbuilt_retransmits"] = int(
-                    statistics.median(f.retransmits for f in hand))
+                    statistics.median(f.retransmits for f in hand)
+                )
                 figures["ratio"] = round(figures["raven_mbit_s"] / figures["handbuilt_mbit_s"], 3)
             figures["duration_s"] = duration
             figures["rounds"] = rounds

@@ -125,18 +125,46 @@ class Pinger:
 
     def start(self) -> None:
         self._echo = subprocess.Popen(
-            ["ip", "netns", "exec", self.dst.netns, sys.executable, "-u", "-c", _ECHO,
-             str(ECHO_PORT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.dst.netns,
+                sys.executable,
+                "-u",
+                "-c",
+                _ECHO,
+                str(ECHO_PORT),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         assert self._echo.stdout is not None
         if self._echo.stdout.readline().strip() != "ready":
             self._echo.kill()
             err = self._echo.communicate()[1]
             raise BenchError(f"UDP echo in {self.dst.netns} did not start: {err.strip()[-300:]}")
         self._proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.src.netns, sys.executable, "-u", "-c", _PROBE,
-             str(self.dst.ip), str(ECHO_PORT), str(self.interval)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.src.netns,
+                sys.executable,
+                "-u",
+                "-c",
+                _PROBE,
+                str(self.dst.ip),
+                str(ECHO_PORT),
+                str(self.interval),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+        )
         self._reader = threading.Thread(target=self._read, name="failover-probe", daemon=True)
         self._reader.start()
 
@@ -171,8 +199,10 @@ class Pinger:
             if self._reader is not None:
                 self._reader.join(timeout=5)
             if proc.returncode != 0 and not self.sent:
-                raise BenchError(f"the prober in {self.src.netns} failed: "
-                                 f"{(proc.stderr.read() if proc.stderr else '')[-300:]}")
+                raise BenchError(
+                    f"the prober in {self.src.netns} failed: "
+                    f"{(proc.stderr.read() if proc.stderr else '')[-300:]}"
+                )
         echo, self._echo = self._echo, None
         if echo is not None:
             echo.kill()
@@ -206,33 +236,49 @@ class Bench:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "RAVEN_LAB_PREFIX": self.settings.prefix,
-                "RAVEN_LAB_DIR": str(self.settings.state_dir)}
+        return {
+            **os.environ,
+            "RAVEN_LAB_PREFIX": self.settings.prefix,
+            "RAVEN_LAB_DIR": str(self.settings.state_dir),
+        }
 
     def raven_lab(self, *args: str, timeout: float = 60) -> None:
         exe = Path(sys.executable).parent / "raven"  # the CLI of this very installation
-        res = subprocess.run([str(exe), "lab", *args], capture_output=True, text=True,
-                             env=self.env, timeout=timeout)
+        res = subprocess.run(
+            [str(exe), "lab", *args], capture_output=True, text=True, env=self.env, timeout=timeout
+        )
         if res.returncode != 0:
             why = (res.stderr or res.stdout).strip()[-500:]
             raise BenchError(f"raven lab {' '.join(args)} failed: {why}")
 
     def kubectl(self, *args: str) -> str:
-        res = subprocess.run([KUBECTL, "--kubeconfig", str(self.settings.state_dir / "kubeconfig"),
-                              *args], capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.settings.state_dir / "kubeconfig"), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if res.returncode != 0:
             raise BenchError(f"kubectl {' '.join(args)} failed: {res.stderr.strip()}")
         return res.stdout
 
     def holder(self, pool: str) -> str:
-        out = self.kubectl("get", "lease", "-n", LEASE_NAMESPACE, f"raven-gw-{pool}", "-o",
-                           "jsonpath={.spec.holderIdentity}")
+        out = self.kubectl(
+            "get",
+            "lease",
+            "-n",
+            LEASE_NAMESPACE,
+            f"raven-gw-{pool}",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        )
         return out.strip()
 
     def lease_expiry(self, pool: str) -> float | None:
         """renewTime + leaseDurationSeconds of the pool's Lease, epoch seconds."""
-        spec = json.loads(self.kubectl("get", "lease", "-n", LEASE_NAMESPACE, f"raven-gw-{pool}",
-                                       "-o", "json")).get("spec", {})
+        spec = json.loads(
+            self.kubectl("get", "lease", "-n", LEASE_NAMESPACE, f"raven-gw-{pool}", "-o", "json")
+        ).get("spec", {})
         renewed = spec.get("renewTime")
         if not renewed:
             return None
@@ -286,8 +332,11 @@ class Bench:
 
     def wait_cross_pool(self, timeout: float) -> None:
         """Every pod of POOL reaches every pod of REMOTE_POOL and back."""
-        todo = [(a, b) for a, b in matrix.pairs(self.lab, cross_pool=True)
-                if {a.pool, b.pool} == {POOL, REMOTE_POOL}]
+        todo = [
+            (a, b)
+            for a, b in matrix.pairs(self.lab, cross_pool=True)
+            if {a.pool, b.pool} == {POOL, REMOTE_POOL}
+        ]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             results = matrix.matrix(self.lab, which=todo)
@@ -295,8 +344,10 @@ class Bench:
             if not todo:
                 return
             time.sleep(0.3)
-        raise BenchError(f"{POOL} <-> {REMOTE_POOL} not reachable after {timeout:.0f} s: "
-                         + ", ".join(f"{a.name}->{b.name}" for a, b in todo[:4]))
+        raise BenchError(
+            f"{POOL} <-> {REMOTE_POOL} not reachable after {timeout:.0f} s: "
+            + ", ".join(f"{a.name}->{b.name}" for a, b in todo[:4])
+        )
 
 
 # ---- where the time goes: the agents' own logs -------------------------------------------
@@ -315,35 +366,41 @@ def log_lines(log_file: Path, *, after: float) -> list[tuple[float, str]]:
         # Log stamps have 1 ms resolution, hence the small allowance.
         at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         if at >= after - 0.002:
-            lines.append((at, line[m.end():]))
+            lines.append((at, line[m.end() :]))
     return lines
 
 
 def first(lines: list[tuple[float, str]], *needles: str, after: float = 0.0) -> float | None:
     """Time of the first line from ``after`` on that contains every needle."""
-    return next((at for at, msg in lines if at >= after - 0.002
-                 and all(n in msg for n in needles)), None)
+    return next(
+        (at for at, msg in lines if at >= after - 0.002 and all(n in msg for n in needles)), None
+    )
 
 
 _COUNTS = re.compile(r"routes=(\d+) peers=(\d+)")
 
 
-def restored(lines: list[tuple[float, str]], role: str, *, before: float,
-             after: float) -> float | None:
+def restored(
+    lines: list[tuple[float, str]], role: str, *, before: float, after: float
+) -> float | None:
     """When a node applied ``role`` with the routes/peers counts it had before the fault again
     (a relay first drops the pool's peer while no one holds the lease, then adds the new one)."""
     applied = [(at, msg) for at, msg in lines if f"applied role={role}" in msg]
     steady = [_COUNTS.search(msg) for at, msg in applied if at < before]
     want = steady[-1].groups() if steady and steady[-1] else None
     for at, msg in applied:
-        if at >= after - 0.002 and (m := _COUNTS.search(msg)) and (
-                want is None or m.groups() == want):
+        if (
+            at >= after - 0.002
+            and (m := _COUNTS.search(msg))
+            and (want is None or m.groups() == want)
+        ):
             return at
     return None
 
 
-def timeline(bench: Bench, *, t_fault: float, old_gw: str, new_gw: str, member: str,
-             relay: str) -> dict[str, float]:
+def timeline(
+    bench: Bench, *, t_fault: float, old_gw: str, new_gw: str, member: str, relay: str
+) -> dict[str, float]:
     """Milestones after the fault, in ms, from the agents' logs (absent ones are left out)."""
     election = f"election raven-gw-{POOL}: "
     since = t_fault - 60  # enough history to know each node's steady state before the fault
@@ -360,11 +417,16 @@ def timeline(bench: Bench, *, t_fault: float, old_gw: str, new_gw: str, member: 
         marks["lease_acquired"] = acquired
         after = acquired or t_fault
         marks["gateway_applied"] = first(new, "applied role=gateway", after=after)
-        marks["relay_applied"] = restored(log_lines(bench.agent_log(relay), after=since),
-                                          "relay", before=t_fault, after=after)
+        marks["relay_applied"] = restored(
+            log_lines(bench.agent_log(relay), after=since), "relay", before=t_fault, after=after
+        )
         if member != new_gw:
-            marks["member_applied"] = restored(log_lines(bench.agent_log(member), after=since),
-                                               "member", before=t_fault, after=after)
+            marks["member_applied"] = restored(
+                log_lines(bench.agent_log(member), after=since),
+                "member",
+                before=t_fault,
+                after=after,
+            )
     return {f"{k}_ms": round((v - t_fault) * 1000, 1) for k, v in marks.items() if v is not None}
 
 
@@ -379,9 +441,18 @@ class Outcome:
     marks: dict[str, float]  # milestone -> ms after the fault
 
 
-def measure(bench: Bench, src: Pod, dst: Pod, old_gw: str, fault: Callable[[], float | None],
-            *, name: str, recover_timeout: float, warmup: float = 1.0,
-            steady: float = 1.5) -> Outcome:
+def measure(
+    bench: Bench,
+    src: Pod,
+    dst: Pod,
+    old_gw: str,
+    fault: Callable[[], float | None],
+    *,
+    name: str,
+    recover_timeout: float,
+    warmup: float = 1.0,
+    steady: float = 1.5,
+) -> Outcome:
     """Probe through ``fault()``; stop once another node holds the lease and echoes flowed
     steadily for ``steady`` seconds, or after ``recover_timeout``. ``fault()`` may return when
     the old holder's lease runs out (epoch seconds)."""
@@ -390,11 +461,12 @@ def measure(bench: Bench, src: Pod, dst: Pod, old_gw: str, fault: Callable[[], f
     try:
         # The probe's interpreter takes a moment to start; then echoes must flow steadily.
         deadline = time.monotonic() + 10
-        while not steady_since(pinger.snapshot(), time.time(), seconds=warmup,
-                               interval=INTERVAL_S):
+        while not steady_since(pinger.snapshot(), time.time(), seconds=warmup, interval=INTERVAL_S):
             if time.monotonic() > deadline:
-                raise BenchError(f"{name}: {src.name} -> {dst.name} did not flow steadily "
-                                 f"before the fault ({pinger.received} echoes in 10 s)")
+                raise BenchError(
+                    f"{name}: {src.name} -> {dst.name} did not flow steadily "
+                    f"before the fault ({pinger.received} echoes in 10 s)"
+                )
             time.sleep(0.1)
         bench.log(f"{name}: taking gateway {old_gw} away")
         t_fault = time.time()
@@ -406,8 +478,11 @@ def measure(bench: Bench, src: Pod, dst: Pod, old_gw: str, fault: Callable[[], f
                 holder = bench.holder(POOL)
                 new_gw = holder if holder and holder != old_gw else ""
             now = time.time()
-            if new_gw and now - t_fault > steady and steady_since(
-                    pinger.snapshot(), now, seconds=steady, interval=INTERVAL_S):
+            if (
+                new_gw
+                and now - t_fault > steady
+                and steady_since(pinger.snapshot(), now, seconds=steady, interval=INTERVAL_S)
+            ):
                 recovered = True
                 break
             time.sleep(0.2)
@@ -415,14 +490,18 @@ def measure(bench: Bench, src: Pod, dst: Pod, old_gw: str, fault: Callable[[], f
     finally:
         pinger.stop()
     gap, gap_start, gap_end = longest_gap(pinger.replies, start=t_fault, end=t_end)
-    marks = timeline(bench, t_fault=t_fault, old_gw=old_gw, new_gw=new_gw,
-                     member=src.node, relay=bench.relay())
+    marks = timeline(
+        bench, t_fault=t_fault, old_gw=old_gw, new_gw=new_gw, member=src.node, relay=bench.relay()
+    )
     marks["traffic_stopped_ms"] = round((gap_start - t_fault) * 1000, 1)
     marks["traffic_back_ms"] = round((gap_end - t_fault) * 1000, 1)
     if expires is not None:
         marks["lease_expired_ms"] = round((expires - t_fault) * 1000, 1)
-    if new_gw and (handshake := bench.latest_handshake(new_gw)) is not None \
-            and handshake >= t_fault:
+    if (
+        new_gw
+        and (handshake := bench.latest_handshake(new_gw)) is not None
+        and handshake >= t_fault
+    ):
         marks["wg_handshake_ms"] = round((handshake - t_fault) * 1000, 1)
     return Outcome(
         gap_ms=round(gap * 1000, 1),
@@ -503,8 +582,10 @@ def run_cases(bench: Bench, *, recover_timeout: float) -> dict[str, Any]:
         finally:
             # Bring the node back whatever happened, so the next case and `down` see a whole lab.
             restore(bench, gw)
-        bench.log(f"{case}: gap {out.gap_ms} ms, lost {out.lost}/{out.sent}, "
-                  f"{out.old_gateway} -> {out.new_gateway or '(nobody)'}")
+        bench.log(
+            f"{case}: gap {out.gap_ms} ms, lost {out.lost}/{out.sent}, "
+            f"{out.old_gateway} -> {out.new_gateway or '(nobody)'}"
+        )
         sent += out.sent
         figures[f"{case}_gap_ms"] = out.gap_ms
         figures[f"{case}_lost"] = out.lost
@@ -552,10 +633,16 @@ def agent_environment(overrides: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def run(*, prefix: str | None = None, state_dir: str | Path | None = None,
-        recover_timeout: float = 30.0, lease_duration: float | None = None,
-        lease_renew: float | None = None, lease_retry: float | None = None,
-        verbose: bool = False) -> dict[str, Any]:
+def run(
+    *,
+    prefix: str | None = None,
+    state_dir: str | Path | None = None,
+    recover_timeout: float = 30.0,
+    lease_duration: float | None = None,
+    lease_renew: float | None = None,
+    lease_retry: float | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """Build a lab, crash and then gracefully stop the ``edge-a`` gateway, return the figures.
 
     ``lease_duration``/``lease_renew``/``lease_retry`` (seconds) override the agents' election
@@ -567,8 +654,11 @@ def run(*, prefix: str | None = None, state_dir: str | Path | None = None,
     if recover_timeout <= 0:
         raise BenchError(f"recover_timeout must be positive seconds, got {recover_timeout}")
     overrides: dict[str, str] = {}
-    for name, value in (("lease_duration", lease_duration), ("lease_renew", lease_renew),
-                        ("lease_retry", lease_retry)):
+    for name, value in (
+        ("lease_duration", lease_duration),
+        ("lease_renew", lease_renew),
+        ("lease_retry", lease_retry),
+    ):
         if value is not None:
             if value <= 0:
                 raise BenchError(f"{name} must be positive seconds, got {value}")
@@ -579,8 +669,10 @@ def run(*, prefix: str | None = None, state_dir: str | Path | None = None,
         if verbose:
             print(msg, file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="raven-bench-failover-") as tmp, \
-            agent_environment(overrides):
+    with (
+        tempfile.TemporaryDirectory(prefix="raven-bench-failover-") as tmp,
+        agent_environment(overrides),
+    ):
         state = Path(state_dir) if state_dir else Path(tmp) / "lab"
         t0 = time.monotonic()
         with own_lab(prefix, state, log) as bench:
@@ -588,6 +680,7 @@ def run(*, prefix: str | None = None, state_dir: str | Path | None = None,
             log(f"lab ready after {time.monotonic() - t0:.1f} s")
             figures = run_cases(bench, recover_timeout=recover_timeout)
         figures["seconds_total"] = round(time.monotonic() - t0, 1)
-    figures.update({f"agent_{k.lower()[len('RAVEN_'):]}_s": float(v)
-                    for k, v in overrides.items()})
+    figures.update(
+        {f"agent_{k.lower()[len('RAVEN_') :]}_s": float(v) for k, v in overrides.items()}
+    )
     return figures

@@ -349,8 +349,9 @@ class Workers:
     def call(self, i: int, verb: str, *args: Any, timeout: float = COMMAND_TIMEOUT) -> Any:
         return self.receive(i, self.send(i, verb, *args), timeout)
 
-    def call_all(self, verb: str, per_worker: list[tuple[Any, ...]] | None = None,
-                 timeout: float = 60) -> list[Any]:
+    def call_all(
+        self, verb: str, per_worker: list[tuple[Any, ...]] | None = None, timeout: float = 60
+    ) -> list[Any]:
         idents = [
             self.send(i, verb, *(per_worker[i] if per_worker else ()))
             for i in range(len(self.conns))
@@ -432,8 +433,16 @@ def _wait_steady(workers: Workers, expected: int, deadline_s: float, say: Any) -
 
 
 def _phase(
-    mode: Mode, pools: int, nodes: int, workers_n: int, window: float, settle: float,
-    trials: int, start_rate: float, root: Path, say: Any,
+    mode: Mode,
+    pools: int,
+    nodes: int,
+    workers_n: int,
+    window: float,
+    settle: float,
+    trials: int,
+    start_rate: float,
+    root: Path,
+    say: Any,
 ) -> dict[str, Any]:
     directory = root / f"{mode.name}-{pools}x{nodes}"
     directory.mkdir(parents=True)
@@ -462,8 +471,10 @@ def _phase(
         workers = Workers(workers_n, config, directory)
         try:
             workers.call_all("state", timeout=120)  # every worker is up and idle
-            say(f"{mode.name} {pools}x{nodes}: starting {agents} agents in {workers_n} workers,"
-                f" {start_rate:g} a second")
+            say(
+                f"{mode.name} {pools}x{nodes}: starting {agents} agents in {workers_n} workers,"
+                f" {start_rate:g} a second"
+            )
 
             interval = workers_n / start_rate
             workers.call_all("start", [(s, interval) for s in share], timeout=COMMAND_TIMEOUT)
@@ -536,8 +547,9 @@ def _crash(workers: Workers, owner: dict[str, int], pool: str) -> dict[str, Any]
         deadline = time.monotonic() + 15
         moved = None
         while moved is None and time.monotonic() < deadline:
-            moved = workers.call(owner[RELAY_POOL], "relay_moved", result["new_key"],
-                                 result["crashed_at"])
+            moved = workers.call(
+                owner[RELAY_POOL], "relay_moved", result["new_key"], result["crashed_at"]
+            )
             if moved is None:
                 time.sleep(0.1)
         result["relay_s"] = None if moved is None else moved - result["crashed_at"]
@@ -595,12 +607,23 @@ def run(
     try:
         if baseline_pools:
             phases.append(
-                _phase(LEASE_ONLY, baseline_pools, nodes, workers, window, settle, trials,
-                       start_rate, root, say)
+                _phase(
+                    LEASE_ONLY,
+                    baseline_pools,
+                    nodes,
+                    workers,
+                    window,
+                    settle,
+                    trials,
+                    start_rate,
+                    root,
+                    say,
+                )
             )
         for size in sizes:
-            phases.append(_phase(BEACONS, size, nodes, workers, window, settle, trials,
-                                 start_rate, root, say))
+            phases.append(
+                _phase(BEACONS, size, nodes, workers, window, settle, trials, start_rate, root, say)
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return scalereport.summary(phases, cores=cores, took_s=time.monotonic() - began)

@@ -213,6 +213,7 @@ class FleetWorker:
             if now - frozen >= FREEZE_EVERY:
                 gc.freeze()
                 frozen = now
+
     rss_before_kb: int = field(default_factory=_rss_kb)
 
     def settings(self, node: SimNode) -> AgentSettings:
@@ -348,8 +349,9 @@ class FleetWorker:
                 times[sim.node.name] = sim.plane.first_after(
                     crashed_at,
                     SetRoutes,
-                    lambda s, ip=gw.node.ip: bool(s.routes)
-                    and all(r.gateway == ip for r in s.routes),
+                    lambda s, ip=gw.node.ip: (
+                        bool(s.routes) and all(r.gateway == ip for r in s.routes)
+                    ),
                 )
             if took is None or any(t is None for t in times.values()):
                 continue
@@ -411,6 +413,7 @@ async def _serve(conn: Connection, worker: FleetWorker) -> None:
                 return
 
     threading.Thread(target=read, name="bench-commands", daemon=True).start()
+
     async def handle(ident: int, verb: str, args: tuple[Any, ...]) -> None:
         try:
             if verb == "start":

@@ -392,9 +392,10 @@ def render(figures: Mapping[str, Any]) -> str:
     row("crash: new gateway plans, s (median)", each("crash.gateway_s_median"), 2)
     row("crash: relay moves the pool, s (median)", each("crash.relay_s_median"), 2)
     row("crash: trials without a new gateway", each("crash.failed"))
-    row("takeovers / 409s in the window", [
-        f"{p['window_preemptions']} / {p['window_conflicts']}" for p in phases
-    ])
+    row(
+        "takeovers / 409s in the window",
+        [f"{p['window_preemptions']} / {p['window_conflicts']}" for p in phases],
+    )
     row("worker loop's worst lateness, s", each("worker_lag_max_s"), 2)
     row("  its longest full garbage collection, s", each("worker_gc_max_s"), 2)
     row("still steady after the window", each("steady_after_window"))
@@ -416,15 +417,21 @@ def render(figures: Mapping[str, Any]) -> str:
         )
     for p in phases:
         if not p["steady"]:
-            lines.append(f"{p['mode']} {p['pools']}x{p['nodes']}: {p['unsteady']}; its column"
-                         f" shows that churning fleet, and is left out of what follows")
+            lines.append(
+                f"{p['mode']} {p['pools']}x{p['nodes']}: {p['unsteady']}; its column"
+                f" shows that churning fleet, and is left out of what follows"
+            )
     errors = {f"{p['mode']} {p['pools']}x{p['nodes']}": p["api"]["errors"] for p in phases}
     if any(errors.values()):
         lines.append("")
-        lines.append("API errors in the window: " + "; ".join(
-            f"{k}: " + ", ".join(f"{e} ×{n:.0f}" for e, n in v.items())
-            for k, v in errors.items() if v
-        ))
+        lines.append(
+            "API errors in the window: "
+            + "; ".join(
+                f"{k}: " + ", ".join(f"{e} ×{n:.0f}" for e, n in v.items())
+                for k, v in errors.items()
+                if v
+            )
+        )
     lines += ["", *_comparison_lines(figures), "", *_projection_lines(figures)]
     return "\n".join(lines)
 
@@ -453,9 +460,12 @@ def _comparison_lines(figures: Mapping[str, Any]) -> list[str]:
         growth = goals["member_events_per_added_pool"]
         lines.append(
             "  goal, events per node flat in the number of pools: "
-            + ("not measured (fewer than two sizes held)" if growth is None else
-               f"{_num(growth, 4)} events/s more per added pool -> "
-               + ("met" if growth < 0.001 else "NOT met"))
+            + (
+                "not measured (fewer than two sizes held)"
+                if growth is None
+                else f"{_num(growth, 4)} events/s more per added pool -> "
+                + ("met" if growth < 0.001 else "NOT met")
+            )
         )
         lines.append(
             f"  goal, crash <= {GOAL_CRASH_S} s: worst {_num(goals['crash_s_max'], 2)} s -> "
