@@ -72,6 +72,9 @@ def test_the_cache_proxy_metrics_documented_are_the_ones_it_exports(tmp_path: Pa
     pki = make_pki(tmp_path / "pki", ["127.0.0.1"])
     proxy = CacheProxy(ProxyConfig("https://127.0.0.1:1", pki.ca_cert, tmp_path / "cache"))
     proxy.m_requests.labels("forward")  # a labelled counter shows once it has a child
+    for gauge in proxy.m_shared.values():
+        gauge.labels("services")
+    proxy.m_shared_reads.labels("services", "list")
     samples = [
         line.split("{")[0].split()[0]
         for line in generate_latest(proxy.registry).decode().splitlines()
