@@ -462,7 +462,7 @@ def render(figures: dict[str, Any]) -> str:
         )  # fmt: skip
     for mode, v in figures.get("versus_direct", {}).items():
         share = ", ".join(
-            f"{pool} {r:.2f} (1/{figures['nodes'][pool]} = {1 / figures['nodes'][pool]:.2f})"
+            f"{pool} {r:.2f} (pool-level goal 1/{figures['nodes'][pool]})"
             if r is not None else f"{pool} n/a"
             for pool, r in v["pool_scope_bytes"].items()
         )  # fmt: skip
