@@ -543,16 +543,30 @@ class Agent:
         return decision
 
     def _role(self) -> dict[str, object]:
-        """What ``/role`` says: this node's pool and whether it is the pool's active gateway,
-        as of the last round (the heartbeat relay repeats it to the pool's members)."""
+        """What ``/role`` says, as of the last round: this node's pool, whether it is the pool's
+        active gateway (the heartbeat relay repeats it to the pool's members), the gateway's
+        name and InternalIP (``holder``, ``holderAddress``; null while there is none) and the
+        pool's nodes (``members``, sorted): what the cache-proxy's pool-level reuse follows."""
         view = self.memory.view
         me = name = self.settings.node_name
-        pool = holder = None
+        pool = holder = address = None
+        members: list[str] = []
         if view is not None:
             mine = next((n for n in view.nodes if n.name == name), None)
             pool = mine.pool if mine is not None else None
             holder = view.holders.get(pool) if pool is not None else None
-        return {"node": me, "pool": pool, "gateway": bool(holder) and holder == me}
+            if pool is not None:
+                members = sorted(n.name for n in view.nodes if n.pool == pool)
+            held = next((n for n in view.nodes if n.name == holder), None) if holder else None
+            address = held.internal_ip if held is not None else None
+        return {
+            "node": me,
+            "pool": pool,
+            "gateway": bool(holder) and holder == me,
+            "holder": holder or None,
+            "holderAddress": address,
+            "members": members,
+        }
 
     async def status_document(self) -> dict[str, Any]:
         """What ``/status`` answers (:mod:`agent.nodestatus`): the last round's view of this

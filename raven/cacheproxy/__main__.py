@@ -19,6 +19,7 @@ from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
 from raven.cacheproxy.memory import fix_thresholds
 from raven.cacheproxy.nodecert import NodeCertificateError
+from raven.cacheproxy.pool import DEFAULT_FEED_PORT
 from raven.cacheproxy.server import DEFAULT_PORT, CacheProxy, ProxyConfig
 from raven.cacheproxy.sharing import DEFAULT_SHARED, KNOWN, parse_shared
 from raven.cacheproxy.upstream import POLL_INTERVAL
@@ -112,6 +113,30 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds the API server's answer to a client's access review is trusted while "
         "the cloud is reachable (default %(default)s)",
     )
+    p.add_argument(
+        "--agent-role",
+        help="the agent's /role URL (http://127.0.0.1:10262/role): pool-level reuse, the shared "
+        "copies read from the pool gateway's feed while it says it is ready (needs --node-cert)",
+    )
+    p.add_argument(
+        "--pool-listen",
+        metavar="IP",
+        help="serve the pool feed on this address (the node's InternalIP) while this node is "
+        "its pool's gateway; needs --agent-role, --pool-cert and --pool-key",
+    )
+    p.add_argument(
+        "--pool-port",
+        type=int,
+        default=DEFAULT_FEED_PORT,
+        help="the pool feed's port, served and dialled (default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-cert",
+        type=Path,
+        help="the node's serving certificate for the feed (kubelet-server-current.pem: "
+        "CN=system:node:NAME with the node's IPs); members verify it with --ca-cert",
+    )
+    p.add_argument("--pool-key", type=Path, help="its key (may be the same file)")
     defaults = CacheConfig()
     p.add_argument(
         "--flush-interval",
@@ -162,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
             share=parse_shared(a.share),
             share_history=a.share_history,
             review_ttl=a.access_review_ttl,
+            agent_role=a.agent_role,
+            pool_port=a.pool_port,
+            pool_listen=a.pool_listen,
+            pool_cert=a.pool_cert,
+            pool_key=a.pool_key,
         )
     except ValueError as e:
         p.error(str(e))

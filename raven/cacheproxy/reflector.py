@@ -12,6 +12,12 @@ being resumed from where it was. A failure or the cloud going unhealthy makes it
 until the watch is open again; the copy keeps its state, which offline is the last known one.
 A change of the upstream route (the cloud path) ends the watch; it resumes at once through the
 new route, from the same version, so no client sees a gap.
+
+With pool-level reuse (a :class:`~raven.cacheproxy.poolfollow.PoolFollower`) the source is the
+pool gateway's feed while the follower names one and it says it is ready; a feed that fails is
+left for the cloud at once (no backoff), and a change of source ends the watch, which resumes
+from the same version on the new source. Reading a feed does not need the node's own path to
+the cloud: a member cut from the cloud keeps its copies current through its pool.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from yarl import URL
 
 from raven.aio import cancel_and_wait
 from raven.cacheproxy.health import CloudHealth
+from raven.cacheproxy.pool import CLOUD, Source
+from raven.cacheproxy.poolfollow import PoolFollower
 from raven.cacheproxy.sharing import SharedResource
 from raven.cacheproxy.upstream import Upstream
 from raven.cacheproxy.watchcache import WatchCache, WatchCacheError, stored, version
@@ -58,6 +66,7 @@ class Reflector:
         cache: WatchCache | None = None,
         *,
         rng: random.Random | None = None,
+        pool: PoolFollower | None = None,
     ) -> None:
         self.resource = resource
         self.upstream = upstream
@@ -66,6 +75,8 @@ class Reflector:
         self.health = health
         self.cache = cache if cache is not None else WatchCache()
         self.rng = rng or random.Random()
+        self.pool = pool
+        self.source: Source = CLOUD  # where the copy reads from now
         self.synced = False
         self.changed = asyncio.Event()  # set and replaced on every change of the copy
         self.relists = 0
@@ -90,19 +101,42 @@ class Reflector:
             log.info("shared %s: %s", self.resource.name, "in sync" if synced else "not in sync")
             self._wake()
 
+    async def _pick(self) -> Source:
+        """The source to read from now: a ready feed, else the cloud (waiting while the cloud
+        is unhealthy, unless a feed turns up meanwhile)."""
+        while True:
+            src = self.pool.current if self.pool is not None else CLOUD
+            if src.feed is not None and self.pool is not None:
+                ok, why = await self.pool.feed_ready(src)
+                if ok:
+                    return src
+                self.pool.failed(src, why)
+                continue
+            if self.health.healthy:
+                return CLOUD
+            self._set_synced(False)
+            wakes = [asyncio.ensure_future(self.health.changed.wait())]
+            if self.pool is not None:
+                wakes.append(asyncio.ensure_future(self.pool.changed.wait()))
+            try:
+                await asyncio.wait(wakes, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wake in wakes:
+                    wake.cancel()
+
     async def run(self) -> None:
         backoff = BACKOFF_FIRST
         must_list = True
         while True:
-            if not self.health.healthy:
-                self._set_synced(False)
-                while not self.health.healthy:
-                    await self.health.changed.wait()
+            src = await self._pick()
+            if src != self.source:
+                log.info("shared %s: reading %s", self.resource.name, src.describe())
+                self.source = src
             try:
                 if must_list:
-                    await self._list(consistent=self.cache.filled)
+                    await self._list(src, consistent=self.cache.filled)
                     must_list = False
-                await self._watch()
+                await self._watch(src)
                 backoff = BACKOFF_FIRST
             except Expired:
                 log.info("shared %s: version %d expired, listing again", self.resource.name,
@@ -110,24 +144,33 @@ class Reflector:
                 must_list = True
             except (aiohttp.ClientError, TimeoutError, ValueError, WatchCacheError) as e:
                 self.last_error = f"{type(e).__name__}: {e}"
+                if src.feed is not None and self.pool is not None:
+                    self.pool.failed(src, f"failed ({self.last_error})")
+                    continue  # the cloud at once: the copy must not wait on a dead feed
                 log.warning("shared %s: %s; again in %.1f s", self.resource.name,
                             self.last_error, backoff)  # fmt: skip
                 self._set_synced(False)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _url(self, params: dict[str, str]) -> URL:
-        return URL(self.base_url + self.resource.collection_path()).with_query(params)
+    def _url(self, src: Source, params: dict[str, str]) -> URL:
+        base = src.feed if src.feed is not None else self.base_url
+        return URL(base + self.resource.collection_path()).with_query(params)
 
-    async def _get(self, params: dict[str, str]) -> dict[str, Any]:
+    def _request(self, src: Source, params: dict[str, str], timeout: aiohttp.ClientTimeout) -> Any:
+        """The GET on ``src``: the LAN session to a feed, else the upstream (cloud path)."""
+        kwargs: dict[str, Any] = {
+            "headers": {"Accept": "application/json"},
+            "ssl": self.ssl_context(),
+            "timeout": timeout,
+        }
+        if src.feed is not None and self.pool is not None:
+            return self.pool.session.get(self._url(src, params), **kwargs)
+        return self.upstream.request("GET", self._url(src, params), **kwargs)
+
+    async def _get(self, src: Source, params: dict[str, str]) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=LIST_TIMEOUT, sock_connect=CONNECT_TIMEOUT)
-        async with self.upstream.request(
-            "GET",
-            self._url(params),
-            headers={"Accept": "application/json"},
-            ssl=self.ssl_context(),
-            timeout=timeout,
-        ) as resp:
+        async with self._request(src, params, timeout) as resp:
             data = await resp.read()
             self.received_bytes += len(data)
             if resp.status == 410:
@@ -139,12 +182,12 @@ class Reflector:
             raise ValueError("the list answer has no items")
         return doc
 
-    async def _list(self, *, consistent: bool) -> None:
+    async def _list(self, src: Source, *, consistent: bool) -> None:
         """``consistent``: the newest state, in pages (a relist); else the API server's cache."""
         params = {"limit": str(PAGE)} if consistent else {"resourceVersion": "0"}
         items: list[Any] = []
         while True:
-            doc = await self._get(params)
+            doc = await self._get(src, params)
             items.extend(doc["items"])
             meta = doc.get("metadata") or {}
             token = meta.get("continue") if isinstance(meta, dict) else None
@@ -159,7 +202,7 @@ class Reflector:
         self.relists += 1
         self._wake()
 
-    async def _watch(self) -> None:
+    async def _watch(self, src: Source) -> None:
         params = {
             "watch": "true",
             "allowWatchBookmarks": "true",
@@ -168,13 +211,9 @@ class Reflector:
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
         route = self.upstream.changed
-        async with self.upstream.request(
-            "GET",
-            self._url(params),
-            headers={"Accept": "application/json"},
-            ssl=self.ssl_context(),
-            timeout=timeout,
-        ) as resp:
+        moved = self.pool.changed if self.pool is not None else asyncio.Event()
+        feed = src.feed is not None
+        async with self._request(src, params, timeout) as resp:
             if resp.status == 410:
                 raise Expired()
             if resp.status != 200:
@@ -183,10 +222,15 @@ class Reflector:
             self._set_synced(True)
             pump = asyncio.create_task(self._pump(resp))
             try:
-                while not pump.done() and self.health.healthy and not route.is_set():
+                while (
+                    not pump.done()
+                    and not moved.is_set()
+                    and (feed or (self.health.healthy and not route.is_set()))
+                ):
                     wakes = {
                         asyncio.ensure_future(self.health.changed.wait()),
                         asyncio.ensure_future(route.wait()),
+                        asyncio.ensure_future(moved.wait()),
                     }
                     try:
                         await asyncio.wait({pump, *wakes}, return_when=asyncio.FIRST_COMPLETED)

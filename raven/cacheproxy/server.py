@@ -14,7 +14,10 @@ traffic follows the node's cloud path, through a neighbour's relay while it says
 
 With the node's certificate, lists and watches of the shared resources (``share``, default
 Services and EndpointSlices) are answered from one upstream list+watch per resource for all
-the node's clients (node-level reuse: sharing.py, shared.py).
+the node's clients (node-level reuse: sharing.py, shared.py). With the agent's role
+(``agent_role``) the copies read from the pool gateway's feed while it is ready, and with
+``pool_listen`` this proxy serves that feed to its pool's nodes while it is the gateway
+(pool-level reuse: pool.py, poolfollow.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from yarl import URL
 
 from raven.aio import cancel_and_wait
 from raven.cacheproxy import fold
+from raven.cacheproxy import pool as poolfeed
 from raven.cacheproxy.access import DEFAULT_TTL as DEFAULT_REVIEW_TTL
 from raven.cacheproxy.cache import Cache, CacheConfig, digest
 from raven.cacheproxy.decide import (
@@ -60,8 +64,10 @@ from raven.cacheproxy.identity import (
 )
 from raven.cacheproxy.keys import ReadKey, identity_headers, read_key, watch_key
 from raven.cacheproxy.listdoc import Blob, ListDoc, join, split
-from raven.cacheproxy.nodecert import NodeCertificate
+from raven.cacheproxy.nodecert import NodeCertificate, NodeCertificateError
 from raven.cacheproxy.pages import Pages
+from raven.cacheproxy.pool import DEFAULT_FEED_PORT
+from raven.cacheproxy.poolfollow import PoolFollower
 from raven.cacheproxy.request import RequestInfo, credential, request_info
 from raven.cacheproxy.shared import SharedReads
 from raven.cacheproxy.sharing import (
@@ -125,6 +131,14 @@ class ProxyConfig:
     share_history: int = DEFAULT_CAPACITY
     # Seconds an access review's answer is trusted online.
     review_ttl: float = DEFAULT_REVIEW_TTL
+    # Pool-level reuse: the agent's /role (follow the pool's gateway feed) ...
+    agent_role: str | None = None
+    # ... the port of every gateway's feed ...
+    pool_port: int = DEFAULT_FEED_PORT
+    # ... and where this node serves it (its InternalIP), with its serving pair (kubelet's).
+    pool_listen: str | None = None
+    pool_cert: Path | None = None
+    pool_key: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -147,6 +161,23 @@ class ProxyConfig:
             raise ValueError(f"share history must keep at least 1 change, got {self.share_history}")
         if self.review_ttl <= 0:
             raise ValueError(f"access review TTL must be positive, got {self.review_ttl}")
+        if self.agent_role is not None and (self.node_cert is None or not self.share):
+            raise ValueError("pool-level reuse (agent_role) needs the node certificate and --share")
+        if self.pool_listen is not None:
+            if self.agent_role is None:
+                raise ValueError("serving the pool feed (pool_listen) needs agent_role")
+            if self.pool_cert is None or self.pool_key is None:
+                raise ValueError("serving the pool feed needs its serving pair (pool_cert/key)")
+            try:
+                ipaddress.ip_address(self.pool_listen)
+            except ValueError:
+                raise ValueError(
+                    f"pool_listen must be the node's IP address, got {self.pool_listen!r}"
+                ) from None
+        elif self.pool_cert is not None or self.pool_key is not None:
+            raise ValueError("pool_cert/pool_key are used only with pool_listen")
+        if not 0 < self.pool_port < 65536:
+            raise ValueError(f"pool port must be 1..65535, got {self.pool_port}")
 
 
 def status_body(code: int, reason: str, message: str) -> web.Response:
@@ -262,6 +293,15 @@ class CacheProxy:
         )
         self.health = CloudHealth(config.upstream, self.ssl_ctx, config.health)
         self.shared: SharedReads | None = None
+        self.pool: PoolFollower | None = None
+        if self.node is not None and config.agent_role is not None:
+            name = poolfeed.member_of(self.node.subject)
+            if name is None:
+                raise NodeCertificateError(
+                    f"pool-level reuse needs a node identity, the node certificate names "
+                    f"{self.node.subject.describe()}"
+                )
+            self.pool = PoolFollower(name, config.agent_role, config.pool_port, self.node.context)
         if self.node is not None and config.share:
             self.shared = SharedReads(
                 config.share,
@@ -271,6 +311,7 @@ class CacheProxy:
                 self.health,
                 capacity=config.share_history,
                 review_ttl=config.review_ttl,
+                pool=self.pool,
             )
         self.cache = Cache(config.cache_dir, config.cache, clock=self.health.online_time)
         self.pages = Pages()
@@ -377,7 +418,19 @@ class CacheProxy:
             "SelfSubjectAccessReviews asked for clients of a shared copy since start",
             registry=self.registry,
         )
+        self.m_feed_refused = Counter(
+            "raven_cacheproxy_pool_feed_refused",
+            "Requests to the pool feed refused: not a node of the pool, or not ready",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.m_pool_switches = Gauge(
+            "raven_cacheproxy_pool_source_switches",
+            "Times the shared copies moved between the cloud and a gateway's feed since start",
+            registry=self.registry,
+        )
         self.runner: web.AppRunner | None = None
+        self.feed_runner: web.AppRunner | None = None
         self.port = config.port
         self.stopping = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -420,17 +473,27 @@ class CacheProxy:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.health.start(self.upstream)
+        if self.pool is not None:
+            await self.pool.start()
         if self.shared is not None:
             self.shared.start()
+        if self.config.pool_listen is not None:
+            await self._start_feed()
         self._sweeper = asyncio.create_task(self._sweep(), name="raven-cacheproxy-sweep")
 
     async def stop(self) -> None:
         # Release held watches first, or shutdown would wait on them for the whole outage.
         self.stopping = True
         self.health.changed.set()
+        if self.shared is not None:
+            self.shared.stopping.set()  # ... and the watches on the shared copies, the feed's too
         await cancel_and_wait(self._sweeper)
+        if self.feed_runner:
+            await self.feed_runner.cleanup()
         if self.shared is not None:
             await self.shared.stop()
+        if self.pool is not None:
+            await self.pool.stop()
         await self.health.stop()
         if self.runner:
             await self.runner.cleanup()
@@ -442,6 +505,72 @@ class CacheProxy:
         while True:
             await asyncio.sleep(interval)
             self.cache.sweep()
+
+    # -- the pool feed ------------------------------------------------------------------------
+
+    def _feed_context(self) -> ssl.SSLContext:
+        assert self.config.pool_cert is not None and self.config.pool_key is not None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.config.pool_cert, self.config.pool_key)
+        ctx.load_verify_locations(cafile=str(self.config.client_ca or self.config.ca_cert))
+        ctx.verify_mode = ssl.CERT_REQUIRED  # a node's client certificate, or no handshake
+        return ctx
+
+    async def _start_feed(self) -> None:
+        assert self.config.pool_listen is not None
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", self.handle_feed)
+        self.feed_runner = web.AppRunner(app, access_log=None)
+        await self.feed_runner.setup()
+        site = web.TCPSite(
+            self.feed_runner,
+            self.config.pool_listen,
+            self.config.pool_port,
+            ssl_context=self._feed_context(),
+        )
+        await site.start()
+
+    async def handle_feed(self, request: web.Request) -> web.StreamResponse:
+        """The pool feed (raven/cacheproxy/pool.py): the shared copies, to the pool's nodes."""
+        if request.path == "/healthz":
+            return web.Response(text="ok")
+        transport = request.transport
+        peer = peer_subject(transport.get_extra_info("peercert") if transport else None)
+        view = self.pool.view if self.pool is not None else None
+        admitted, why = poolfeed.admit(peer, view)
+        if not admitted:
+            self.m_feed_refused.labels("identity").inc()
+            return status_body(403, "Forbidden", why)
+        assert self.shared is not None
+        synced, fed = self.shared.feed_state()
+        ok, why = poolfeed.ready(view, synced, fed)
+        if request.path == "/readyz":
+            return web.Response(status=200 if ok else 503, text=why)
+        if not ok:
+            self.m_feed_refused.labels("not-ready").inc()
+            return status_body(503, "ServiceUnavailable", f"the pool feed is not ready: {why}")
+        pairs = list(request.query.items())
+        query: dict[str, list[str]] = {}
+        for k, v in pairs:
+            query.setdefault(k, []).append(v)
+        info = request_info(request.method, request.path, query)
+        group, version = path_group_version(request.path)
+        read = shared_read(
+            info,
+            pairs,
+            request.headers.get("Accept", ""),
+            self.config.share,
+            group=group,
+            version=version,
+        )
+        if read is None:
+            return status_body(
+                400,
+                "BadRequest",
+                "the pool feed serves only JSON lists and watches of "
+                + ", ".join(r.name for r in self.config.share),
+            )
+        return await self.shared.serve(request, read)
 
     # -- the request's shape and the decision -------------------------------------------------
 
@@ -655,6 +784,8 @@ class CacheProxy:
                 self.m_shared_reads.labels(resource, verb).set(count)
             self.m_shared_watchers.set(self.shared.watchers)
             self.m_reviews.set(self.shared.reviews.asked)
+        if self.pool is not None:
+            self.m_pool_switches.set(self.pool.switches)
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": "text/plain; version=0.0.4"},

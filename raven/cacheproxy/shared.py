@@ -30,6 +30,7 @@ from aiohttp import web
 from raven.cacheproxy.access import AccessReviews
 from raven.cacheproxy.health import CloudHealth
 from raven.cacheproxy.listdoc import join
+from raven.cacheproxy.poolfollow import PoolFollower
 from raven.cacheproxy.reflector import Reflector
 from raven.cacheproxy.sharing import (
     Copy,
@@ -100,10 +101,13 @@ class SharedReads:
         *,
         capacity: int,
         review_ttl: float,
+        pool: PoolFollower | None = None,
     ) -> None:
         self.health = health
         self.reflectors = {
-            r: Reflector(r, upstream, base_url, node_context, health, WatchCache(capacity))
+            r: Reflector(
+                r, upstream, base_url, node_context, health, WatchCache(capacity), pool=pool
+            )
             for r in resources
         }
         self.reviews = AccessReviews(upstream, base_url, review_ttl)
@@ -157,11 +161,21 @@ class SharedReads:
             )
         if chosen is not Route.SHARED:
             return None
+        return await self.serve(request, read)
+
+    async def serve(self, request: web.Request, read: SharedRead) -> web.StreamResponse:
+        """Answer ``read`` from its copy (the caller decided it may be)."""
         key = (read.resource.name, read.verb)
         self.served[key] = self.served.get(key, 0) + 1
         if read.verb == "list":
             return self._list(read)
         return await self._watch(request, read)
+
+    def feed_state(self) -> tuple[dict[str, bool], bool]:
+        """For the pool feed's readiness: each copy in sync, and whether any reads a feed."""
+        synced = {r.name: ref.synced for r, ref in self.reflectors.items()}
+        fed = any(ref.source.feed is not None for ref in self.reflectors.values())
+        return synced, fed
 
     @staticmethod
     def _selection(read: SharedRead) -> Selection:

@@ -408,10 +408,14 @@ async def test_health_readiness_and_metrics_endpoints(fleet: Fleet) -> None:
                 roles.append(await resp.json())
             view = member.agent.memory.view
             holder = view.holders.get("edge-a") if view is not None else None
+            held = next((n for n in view.nodes if n.name == holder), None) if view else None
             return bool(holder) and roles[-1] == {
                 "node": gw,
                 "pool": "edge-a",
                 "gateway": holder == gw,
+                "holder": holder,
+                "holderAddress": held.internal_ip if held else None,
+                "members": sorted(n.name for n in view.nodes if n.pool == "edge-a"),
             }
 
         await fleet.until(role_follows_the_lease, "/role naming edge-a and its gateway")

@@ -60,6 +60,11 @@ def node_client_name(node: str) -> str:
     return f"node-{node}"
 
 
+def node_serving_name(node: str) -> str:
+    """The extra serving pair of ``node``'s kubelet (its pool feed presents it)."""
+    return f"kubelet-serving-{node}"
+
+
 def node_clients(nodes: Iterable[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
     """``make_pki(clients=...)`` for kubelet-style identities of ``nodes``:
     ``CN=system:node:<node>``, ``O=system:nodes``."""

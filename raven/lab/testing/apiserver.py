@@ -232,6 +232,7 @@ def run_apiserver(
     nodes: Sequence[str] = (),
     node_monitor_period: float = DEFAULT_MONITOR_PERIOD,
     node_monitor_grace_period: float = DEFAULT_GRACE_PERIOD,
+    serving: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[ApiServerHandle]:
     """Start a server on ``host`` (loopback) storing its state and PKI in ``state_dir``.
 
@@ -239,7 +240,8 @@ def run_apiserver(
     watchers, the Events' time to live, the node-lifecycle controller's periods); ``audit_log``
     is a path, True (``state_dir/audit.log``) or False (none). ``nodes`` get client
     certificates from the lab CA (``system:node:<name>`` in ``system:nodes``):
-    :meth:`ApiServerHandle.node_kubeconfig`.
+    :meth:`ApiServerHandle.node_kubeconfig`. ``serving`` names more serving certificates from
+    the same CA and their hosts (``pki.extra_pair(name)``), e.g. a node's kubelet serving pair.
     """
     state_dir = Path(state_dir)
     pki_dir = state_dir / "pki"
@@ -248,7 +250,7 @@ def run_apiserver(
             pki_dir / "ca.crt", pki_dir / "server.crt", pki_dir / "server.key", pki_dir / "token"
         )
     else:
-        pki = make_pki(pki_dir, [host], clients=node_clients(nodes))
+        pki = make_pki(pki_dir, [host], clients=node_clients(nodes), extra=serving)
     handle = ApiServerHandle(
         state_dir=state_dir,
         host=host,

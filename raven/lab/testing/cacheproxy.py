@@ -19,6 +19,7 @@ from kubernetes import client as k8s_client
 
 from raven.cacheproxy.cache import CacheConfig
 from raven.cacheproxy.health import HealthConfig
+from raven.cacheproxy.pool import DEFAULT_FEED_PORT
 from raven.cacheproxy.server import CacheProxy, ProxyConfig
 from raven.cacheproxy.sharing import SharedResource
 from raven.lab.apiserver.pki import Pki
@@ -101,18 +102,29 @@ def run_proxy(
     share: tuple[SharedResource, ...] | None = None,
     share_history: int | None = None,
     review_ttl: float | None = None,
+    agent_role: str | None = None,
+    pool_listen: str | None = None,
+    pool_port: int | None = None,
+    pool_pair: tuple[Path, Path] | None = None,
 ) -> Iterator[ProxyHandle]:
     """``tls`` = (cert, key) for 127.0.0.1; the API server's own pair from run_apiserver fits.
     ``node`` = the node's client (cert, key) to present for its clients (needs ``tls``);
     ``path_file`` = the node's cloud path file, looked at every ``path_poll`` seconds;
-    ``share`` = the shared resources (default: the proxy's), ``()`` for none."""
+    ``share`` = the shared resources (default: the proxy's), ``()`` for none; ``agent_role``,
+    ``pool_listen``, ``pool_port`` and ``pool_pair`` (cert, key) = pool-level reuse."""
     cert, key = tls if tls else (None, None)
     node_cert, node_key = node if node else (None, None)
+    pool_cert, pool_key = pool_pair if pool_pair else (None, None)
     config = ProxyConfig(
         upstream,
         ca_cert,
         cache_dir,
         port=0,
+        agent_role=agent_role,
+        pool_listen=pool_listen,
+        pool_cert=pool_cert,
+        pool_key=pool_key,
+        pool_port=pool_port if pool_port is not None else DEFAULT_FEED_PORT,
         health=health,
         tls_cert=cert,
         tls_key=key,
