@@ -23,7 +23,7 @@ from typing import Any
 from raven.lab import agents as lab_agents
 from raven.lab import apiserver_proc, breaks, deployment, faults, netns, proxies, sidecars
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
-from raven.lab.apiserver.pki import Pki, node_clients
+from raven.lab.apiserver.pki import Pki, node_clients, node_serving_name
 from raven.lab.state import LabState, proc_start_time, stop_processes
 from raven.lab.topology import (
     API_PORT_IF,
@@ -300,7 +300,11 @@ def _start_apiserver(
     pki = apiserver_proc.make_lab_pki(
         state_dir / "pki",
         [str(lab.api_ip), api_host_ip, "localhost"],
-        extra={proxies.CERT_NAME: list(proxies.CERT_HOSTS)},
+        extra={
+            proxies.CERT_NAME: list(proxies.CERT_HOSTS),
+            # Each node's kubelet serving pair: its cache-proxy's pool feed presents it.
+            **{node_serving_name(n.name): [str(n.ip)] for n in lab.nodes},
+        },
         clients=node_clients(n.name for n in lab.nodes),  # pods of external nodes too
     )
     host_url = f"https://{api_host_ip}:{lab.api_port}"

@@ -8,9 +8,13 @@ kubeconfig (``STATE/proxy.kubeconfig``) serves every node's agent. It also holds
 client certificate (``--node-cert``), which it presents upstream for the node's kubelet and
 heartbeat, and follows the cloud path the heartbeat decides (``--path-file``, see
 :mod:`raven.lab.sidecars`). With the node's identity it also reads the shared resources once
-for all the node's clients (node-level reuse, ``--share``); the lab-wide setting
-(:func:`set_share`, kept in the lab state as ``proxy_share``) chooses which, or ``none``, and
-:func:`restart_all` applies it. Proxies are recorded in the lab state like agents (role
+for all the node's clients (node-level reuse, ``--share``), and once for its whole pool
+(pool-level reuse): it follows its agent's ``/role`` and serves the pool feed on the node's
+InternalIP with the node's kubelet serving pair from the lab CA (``pki/kubelet-serving-<node>``,
+for that address) while the node is its pool's gateway. The lab-wide settings
+(:func:`set_share`, kept in the lab state as ``proxy_share`` and ``proxy_pool``) choose which
+resources, or ``none``, and whether pool-level reuse is on (the default);
+:func:`restart_all` applies them. Proxies are recorded in the lab state like agents (role
 ``cache-proxy``), so ``down`` stops them by PID.
 """
 
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from raven.lab import netns
 from raven.lab.apiserver.kubeconfig import write_kubeconfig
-from raven.lab.apiserver.pki import Pki, node_client_name
+from raven.lab.apiserver.pki import Pki, node_client_name, node_serving_name
 from raven.lab.state import LabState, log_since
 from raven.lab.topology import Lab, Node
 
@@ -36,6 +40,8 @@ LISTEN_PORT = 10261  # raven.cacheproxy.server.DEFAULT_PORT (not imported: it pu
 READY_LINE = b"raven-cache-proxy listening on"
 PROXY_URL = f"https://{LISTEN_HOST}:{LISTEN_PORT}"
 SHARE_KEY = "proxy_share"  # the lab state's record of --share ("" or absent: the default)
+POOL_KEY = "proxy_pool"  # False: no pool-level reuse (absent: on)
+AGENT_ROLE = "http://127.0.0.1:10262/role"  # the node's agent (agent/config.py health_port)
 
 
 class ProxyError(RuntimeError):
@@ -92,8 +98,13 @@ def start(st: LabState, state_dir: Path, node: Node, upstream: str) -> int:
     if node_cert.exists():  # the node's identity, for its kubelet and heartbeat
         argv += ["--node-cert", str(node_cert), "--node-key", str(node_key)]
         argv += ["--path-file", str(state_dir / "nodes" / node.name / "cloud-path.json")]
-        if st.info.get(SHARE_KEY):
-            argv += ["--share", str(st.info[SHARE_KEY])]
+        share = str(st.info.get(SHARE_KEY) or "")
+        if share:
+            argv += ["--share", share]
+        serving_cert, serving_key = pki.extra_pair(node_serving_name(node.name))
+        if share != "none" and st.info.get(POOL_KEY, True) and serving_cert.exists():
+            argv += ["--agent-role", AGENT_ROLE, "--pool-listen", str(node.ip)]
+            argv += ["--pool-cert", str(serving_cert), "--pool-key", str(serving_key)]
     offset = log_file.stat().st_size if log_file.exists() else 0
     pid = st.spawn(
         ROLE,
@@ -154,13 +165,15 @@ def stop(st: LabState, node: str, *, grace: float = 5.0) -> bool:
     return st.stop(ROLE, node, grace=grace)
 
 
-def set_share(st: LabState, share: str) -> None:
+def set_share(st: LabState, share: str, *, pool: bool = True) -> None:
     """The ``--share`` every proxy starts with from now on (``""``: the proxy's default;
-    ``none``: no node-level reuse). Takes effect at the next start: see :func:`restart_all`."""
+    ``none``: no reuse at all), and whether pool-level reuse is on. Takes effect at the next
+    start: see :func:`restart_all`."""
     if share:
         st.info[SHARE_KEY] = share
     else:
         st.info.pop(SHARE_KEY, None)
+    st.info[POOL_KEY] = pool
     st.save()
 
 

@@ -109,12 +109,10 @@ def test_the_bench_topology_is_the_default_lab_at_three_and_grows_edge_pools():
         topology({"edge-c": 3})
 
 
-def test_direct_and_node_modes_exist_and_pool_is_refused_not_faked():
+def test_the_modes_are_named_and_checked():
     assert check_modes("direct") == ("direct",)
-    assert check_modes("direct,node") == ("direct", "node")
+    assert check_modes("direct,node,pool") == ("direct", "node", "pool")
     for modes, words in (
-        ("direct,pool", "mode 'pool' is not implemented yet"),
-        ("pool", "mode 'pool' is not implemented yet"),
         ("fast", "unknown mode 'fast'"),
         ("", "name at least one"),
     ):

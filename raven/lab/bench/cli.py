@@ -244,9 +244,9 @@ def reuse(
         str,
         typer.Option(
             help="Modes measured in the run, in order: direct (no reuse), node (node-level "
-            "reuse); pool: not yet."
+            "reuse), pool (node- and pool-level reuse)."
         ),
-    ] = "direct,node",
+    ] = "direct,node,pool",
     nodes_per_pool: Annotated[int, typer.Option(help="Nodes in each edge pool.")] = 3,
     rate: Annotated[float, typer.Option(help="Churn operations a second.")] = 5.0,
     services: Annotated[int, typer.Option(help="Services the churn keeps (within 20 %).")] = 50,

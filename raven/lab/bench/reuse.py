@@ -22,8 +22,9 @@ in the router's FORWARD path, read before and after each window). In one run:
    what never arrived; then every stand-in's copy is compared with the API server's, object
    by object; and the cache-proxies' CPU (over the window) and resident memory (at its end).
 
-``--modes direct,node,pool`` names the modes to measure, in that order; ``pool`` (pool-level
-reuse, issue 12's item 3) does not exist yet and is refused, not faked.
+``pool``: node- and pool-level reuse, the pool gateway's cache-proxy the only one of its pool
+reading the API server, the others reading its pool feed. ``--modes direct,node,pool`` names the
+modes to measure, in that order.
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ from raven.lab.state import LabState
 from raven.lab.topology import Lab
 
 MODES = ("direct", "node", "pool")
-IMPLEMENTED = ("direct", "node")
 SETTLE_S = 3.0  # after a churn window, for the last events to arrive
 RESYNC_S = 5.0  # after the proxies restart into a mode, for every client to watch again
-# The cache-proxies' --share in each mode (the rest window runs with none).
-SHARE = {"direct": "none", "node": ""}
+# The cache-proxies' --share in each mode, and whether pool-level reuse is on (the rest window
+# runs with none).
+SHARE = {"direct": ("none", False), "node": ("", False), "pool": ("", True)}
 
 
 class BenchError(Exception):
@@ -73,18 +74,13 @@ class BenchError(Exception):
 
 
 def check_modes(text: str) -> tuple[str, ...]:
-    """The modes asked for, each known and implemented; BenchError otherwise."""
+    """The modes asked for, each known; BenchError otherwise."""
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
     if not modes:
         raise BenchError("--modes: name at least one of direct, node, pool")
     for mode in modes:
         if mode not in MODES:
             raise BenchError(f"--modes: unknown mode {mode!r} (modes: {', '.join(MODES)})")
-        if mode not in IMPLEMENTED:
-            raise BenchError(
-                f"mode {mode!r} is not implemented yet: raven-cache-proxy has no "
-                f"{mode}-level reuse (issue 12); measure --modes direct,node"
-            )
     return modes
 
 
@@ -165,7 +161,8 @@ def _proxy_pids(st: LabState, nodes: list[str]) -> dict[str, int]:
 
 def _proxies_in(lab: Lab, st: LabState, state_dir: Path, mode: str) -> None:
     """Every node's cache-proxy restarted with the ``--share`` of ``mode``."""
-    proxies.set_share(st, SHARE[mode])
+    share, pool = SHARE[mode]
+    proxies.set_share(st, share, pool=pool)
     try:
         proxies.restart_all(lab, st, state_dir)
     except proxies.ProxyError as e:
@@ -260,7 +257,7 @@ def measure(
         "modes": {},
     }
     for mode in modes:
-        log(f"{mode}: the cache-proxies restart with --share {SHARE[mode] or 'default'}")
+        log(f"{mode}: the cache-proxies restart into {mode}-level reuse")
         pre_mode, t0 = read_counters(lab), time.monotonic()
         _proxies_in(lab, st, state_dir, mode)
         time.sleep(RESYNC_S)
@@ -373,7 +370,7 @@ def own_lab(
 
 def run(
     *,
-    modes: str = "direct,node",
+    modes: str = "direct,node,pool",
     nodes_per_pool: int = 3,
     edge_nodes: dict[str, int] | None = None,
     rate: float = 5.0,
