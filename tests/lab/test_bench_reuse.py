@@ -71,7 +71,8 @@ def test_direct_mode_counts_bytes_per_node_and_times_every_delivery(tmp_path_fac
     # one node per pool reads the API server (the goal: at most about 1/N of direct).
     versus = figures["versus_direct"]
     for pool, n in figures["nodes"].items():
-        node, whole = versus["node"]["pool_scope_bytes"][pool], versus["pool"]["pool_scope_bytes"][pool]
+        node = versus["node"]["pool_scope_bytes"][pool]
+        whole = versus["pool"]["pool_scope_bytes"][pool]
         print(f"{pool} ({n} nodes): pool-scope bytes {node:.2f} of direct node-level, "
               f"{whole:.2f} pool-level")  # fmt: skip
         assert node is not None and node < 0.75, (pool, versus)
