@@ -424,6 +424,13 @@ class CacheProxy:
             ["reason"],
             registry=self.registry,
         )
+        self.m_source = Gauge(
+            "raven_cacheproxy_shared_source",
+            "1 for where each shared copy reads from now: gateway names the pool gateway whose "
+            "feed it reads, empty for the API server",
+            ["resource", "gateway"],
+            registry=self.registry,
+        )
         self.m_pool_switches = Gauge(
             "raven_cacheproxy_pool_source_switches",
             "Times the shared copies moved between the cloud and a gateway's feed since start",
@@ -780,6 +787,9 @@ class CacheProxy:
                 self.m_shared["bytes"].labels(resource).set(figures["bytes"])
                 self.m_shared["relists"].labels(resource).set(figures["relists"])
                 self.m_shared["upstream_bytes"].labels(resource).set(figures["received"])
+            self.m_source.clear()
+            for resource, ref in self.shared.reflectors.items():
+                self.m_source.labels(resource.name, ref.source.gateway or "").set(1)
             for (resource, verb), count in self.shared.served.items():
                 self.m_shared_reads.labels(resource, verb).set(count)
             self.m_shared_watchers.set(self.shared.watchers)

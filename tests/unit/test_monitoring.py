@@ -75,6 +75,8 @@ def test_the_cache_proxy_metrics_documented_are_the_ones_it_exports(tmp_path: Pa
     for gauge in proxy.m_shared.values():
         gauge.labels("services")
     proxy.m_shared_reads.labels("services", "list")
+    proxy.m_source.labels("services", "")
+    proxy.m_feed_refused.labels("identity")
     samples = [
         line.split("{")[0].split()[0]
         for line in generate_latest(proxy.registry).decode().splitlines()
