@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import ssl
 import time
 from collections.abc import AsyncGenerator
@@ -80,6 +81,8 @@ from raven.cacheproxy.sharing import (
 from raven.cacheproxy.upstream import POLL_INTERVAL, Upstream
 from raven.cacheproxy.watchcache import DEFAULT_CAPACITY
 from raven.cloudpath import CloudPath
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 10261
 # Opening a connection to the API server (TCP and TLS) takes this long at most: on a link that
@@ -431,6 +434,11 @@ class CacheProxy:
             ["resource", "gateway"],
             registry=self.registry,
         )
+        self.m_feed_serving = Gauge(
+            "raven_cacheproxy_pool_feed_serving",
+            "1 while this node's pool feed listens (0: off, or its serving pair or address failed)",
+            registry=self.registry,
+        )
         self.m_pool_switches = Gauge(
             "raven_cacheproxy_pool_source_switches",
             "Times the shared copies moved between the cloud and a gateway's feed since start",
@@ -524,18 +532,31 @@ class CacheProxy:
         return ctx
 
     async def _start_feed(self) -> None:
+        """Serve the pool feed. A serving pair that does not load, or an address that cannot be
+        bound, leaves the feed off (logged, ``raven_cacheproxy_pool_feed_serving`` 0) rather
+        than the proxy: the node's clients must not lose the API server over it, and while this
+        node is the gateway its pool's nodes read the API server themselves."""
         assert self.config.pool_listen is not None
+        where = f"{self.config.pool_listen}:{self.config.pool_port}"
+        try:
+            ctx = self._feed_context()
+        except (OSError, ssl.SSLError) as e:
+            log.error("pool feed off: its serving pair %s does not load (%s)",
+                      self.config.pool_cert, getattr(e, "strerror", None) or e)  # fmt: skip
+            return
         app = web.Application()
         app.router.add_route("GET", "/{tail:.*}", self.handle_feed)
-        self.feed_runner = web.AppRunner(app, access_log=None)
-        await self.feed_runner.setup()
-        site = web.TCPSite(
-            self.feed_runner,
-            self.config.pool_listen,
-            self.config.pool_port,
-            ssl_context=self._feed_context(),
-        )
-        await site.start()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.config.pool_listen, self.config.pool_port,
+                              ssl_context=ctx).start()  # fmt: skip
+        except OSError as e:
+            await runner.cleanup()
+            log.error("pool feed off: cannot listen on %s (%s)", where, e.strerror or e)
+            return
+        self.feed_runner = runner
+        log.info("pool feed on https://%s", where)
 
     async def handle_feed(self, request: web.Request) -> web.StreamResponse:
         """The pool feed (raven/cacheproxy/pool.py): the shared copies, to the pool's nodes."""
@@ -788,14 +809,15 @@ class CacheProxy:
                 self.m_shared["relists"].labels(resource).set(figures["relists"])
                 self.m_shared["upstream_bytes"].labels(resource).set(figures["received"])
             self.m_source.clear()
-            for resource, ref in self.shared.reflectors.items():
-                self.m_source.labels(resource.name, ref.source.gateway or "").set(1)
+            for shared, ref in self.shared.reflectors.items():
+                self.m_source.labels(shared.name, ref.source.gateway or "").set(1)
             for (resource, verb), count in self.shared.served.items():
                 self.m_shared_reads.labels(resource, verb).set(count)
             self.m_shared_watchers.set(self.shared.watchers)
             self.m_reviews.set(self.shared.reviews.asked)
         if self.pool is not None:
             self.m_pool_switches.set(self.pool.switches)
+        self.m_feed_serving.set(1 if self.feed_runner is not None else 0)
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": "text/plain; version=0.0.4"},
