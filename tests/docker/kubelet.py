@@ -1,16 +1,16 @@
 """A kubelet stand-in: runs one pod of a rendered DaemonSet under Docker, the way a kubelet would.
 
 There is no kubelet here, so this does its part for the one pod spec Raven ships, from the spec
-itself (nothing is repeated by hand): a sandbox container holds the pod's network namespace
-(the node's own, for a hostNetwork pod: the host's, or a namespace the caller names and wires
-like a lab node); the init containers run to completion, in order; then every container starts
-with its command and arguments, ``$(VAR)`` expanded against its environment (``fieldRef``
-``spec.nodeName``, ``envFrom`` ConfigMaps, the ``KUBERNETES_SERVICE_*`` variables the kubelet
-adds); its security context (user, capabilities, read-only root, no privilege escalation) and
-volumes: hostPath under a per-node folder standing for the node's root (devices and the xtables
-lock from the real host), ConfigMaps from the rendered objects, the projected token, emptyDirs
-as tmpfs, subPaths. Probes are HTTP GETs from the node's network, as the kubelet makes them;
-stopping runs preStop hooks, then SIGTERM with the pod's grace period.
+itself (nothing is repeated by hand): a sandbox container holds the pod's network namespace (the
+node's own, for a hostNetwork pod: the host's, or a namespace the caller names and wires like a
+lab node); the init containers run to completion, in order; then every container starts with its
+command and arguments, ``$(VAR)`` expanded against its environment (``fieldRef``
+``spec.nodeName`` and ``status.hostIP``, ``envFrom`` ConfigMaps, the ``KUBERNETES_SERVICE_*``
+variables the kubelet adds); its security context (user, capabilities, read-only root, no
+privilege escalation) and volumes: hostPath under a per-node folder standing for the node's root
+(devices and the xtables lock from the real host), ConfigMaps from the rendered objects, the
+projected token, emptyDirs as tmpfs, subPaths. Probes are HTTP GETs from the node's network, as
+the kubelet makes them; stopping runs preStop hooks, then SIGTERM with the pod's grace period.
 
 Every container carries the label ``raven-test-pod=<pod>``, so :meth:`Pod.remove` (and a test
 session's teardown) removes exactly the containers it made.
@@ -44,12 +44,16 @@ class PodError(RuntimeError):
 
 
 KUBELET_CLIENT_PEM = "var/lib/kubelet/pki/kubelet-client-current.pem"
+KUBELET_SERVER_PEM = "var/lib/kubelet/pki/kubelet-server-current.pem"
 
 
-def install_kubelet_certificate(root: Path, cert: Path, key: Path) -> Path:
+def install_kubelet_certificate(
+    root: Path, cert: Path, key: Path, *, where: str = KUBELET_CLIENT_PEM
+) -> Path:
     """Put a node's client certificate where kubeadm's kubelet keeps it, under the node's root:
-    certificate and key in one file, root's, mode 0600."""
-    pem = root / KUBELET_CLIENT_PEM
+    certificate and key in one file, root's, mode 0600 (``where``: KUBELET_SERVER_PEM for its
+    serving certificate, as the kubelet keeps it with serverTLSBootstrap)."""
+    pem = root / where
     pem.parent.mkdir(parents=True, exist_ok=True)
     pem.touch(mode=0o600)
     pem.chmod(0o600)
@@ -145,6 +149,8 @@ class Pod:
                 env[item["name"]] = expand(item["value"], env)
             elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
                 env[item["name"]] = self.node
+            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.hostIP":
+                env[item["name"]] = self.pod_ip  # a hostNetwork pod's IP is its node's
             else:
                 raise PodError(f"{c['name']}: env {item['name']} is of a kind not supported")
         return env

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from raven.lab import deployment, engine, matrix
-from raven.lab.apiserver.pki import Pki, node_client_name
+from raven.lab.apiserver.pki import Pki, node_client_name, node_serving_name
 from raven.lab.dockerd import Engine
 from raven.lab.topology import Lab, load_topology_file, resolve
 from tests.lab.labkit import LabEnv, ns_exec
@@ -34,7 +34,14 @@ from tests.lab.steady import SteadyPing
 from tests.manifests import NAMESPACE, Obj, pod_spec
 from tests.waiting import wait_for
 
-from .kubelet import LABEL, Cluster, Pod, install_kubelet_certificate, remove_labelled
+from .kubelet import (
+    KUBELET_SERVER_PEM,
+    LABEL,
+    Cluster,
+    Pod,
+    install_kubelet_certificate,
+    remove_labelled,
+)
 
 pytestmark = pytest.mark.root
 TOPOLOGY = Path(__file__).resolve().parents[2] / "netns-lab" / "small.yaml"
@@ -145,9 +152,15 @@ def lab_pods(
             pki.ca_cert,
             deployment.agent_token(env.state_dir),
         )
-        # Each node's kubelet client certificate, where the pod's proxy and heartbeat read it.
+        # Each node's kubelet client certificate, where the pod's proxy and heartbeat read it,
+        # and its serving certificate, which the proxy's pool feed presents.
         for name in lp.pods:
             install_kubelet_certificate(roots / name, *pki.extra_pair(node_client_name(name)))
+            install_kubelet_certificate(
+                roots / name,
+                *pki.extra_pair(node_serving_name(name)),
+                where=KUBELET_SERVER_PEM,
+            )
         start = time.monotonic()
         for pod in lp.pods.values():
             pod.cluster = cluster
@@ -211,6 +224,33 @@ def test_heartbeat_runs_as_the_node_and_relays_for_its_pool(lab_pods: LabPods) -
             return res.returncode == 0 and bool(res.stdout) and json.loads(res.stdout) == want
 
         wait_for(answers, 30, f"{b}'s relay answering {a}: {want}")
+
+
+def test_members_read_their_gateways_pool_feed(lab_pods: LabPods) -> None:
+    """Pool-level reuse in the pods: each pool's gateway's cache-proxy reads Services and
+    EndpointSlices from the API server, the pool's other nodes read them from its pool feed
+    (their kubelet client certificates, its kubelet serving certificate)."""
+
+    def reading(pool: str) -> bool:
+        gw = lab_pods.holder(pool)
+        if not gw:
+            return False
+        for node in (n for n in lab_pods.lab.nodes if n.pool == pool):
+            res = ns_exec(
+                node.netns, "curl", "-sk", "--max-time", "5", "https://127.0.0.1:10261/metrics"
+            )
+            lines = [
+                line for line in res.stdout.splitlines()
+                if line.startswith("raven_cacheproxy_shared_source{") and line.endswith(" 1.0")
+            ]  # fmt: skip
+            want = "" if node.name == gw else gw
+            assert len(lines) == 2 and all(f'gateway="{want}"' in x for x in lines), (
+                pool, node.name, lines,
+            )  # fmt: skip
+        return True
+
+    for pool in ("edge-a", "edge-b"):
+        wait_for(lambda pool=pool: reading(pool), 60, f"{pool}'s nodes reading its gateway")
 
 
 def test_agent_container_restart_keeps_its_key_and_the_data_path(lab_pods: LabPods) -> None:

@@ -288,3 +288,23 @@ def test_a_member_leaves_a_dead_feed_for_the_cloud(pool):
     _service(api, "after-the-gateway")
     copy = member.proxy.shared.reflectors[SERVICES].cache.objects
     wait(lambda: ("default", "after-the-gateway") in copy, what="the change reaching a-2")
+
+
+def test_a_feed_without_its_serving_pair_is_off_and_the_proxy_serves_on(pool, tmp_path):
+    api, roles, _, port = pool
+    missing = (tmp_path / "nope.crt", tmp_path / "nope.key")
+    with run_proxy(
+        api.url,
+        api.ca_cert,
+        tmp_path / "cache-alone",
+        tls=(api.pki.server_cert, api.pki.server_key),
+        node=api.node_client_pair("a-1"),
+        agent_role=roles.url("a-1"),
+        pool_listen=ADDRESS["a-1"],
+        pool_port=port,
+        pool_pair=missing,
+    ) as gw:
+        wait(lambda: synced(gw), what="the copies in sync, from the API server")
+        assert gw.metrics()["raven_cacheproxy_pool_feed_serving"] == 0
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            feed_get(api, port, "a-1", "/readyz", cert=api.node_client_pair("a-3"))
