@@ -77,6 +77,8 @@ def test_renders_exactly_the_objects_of_an_install(objs: list[Obj]) -> None:
             ("ServiceAccount", NAMESPACE, "raven-agent"),
             ("ClusterRole", "", "raven-agent"),
             ("ClusterRoleBinding", "", "raven-agent"),
+            ("ClusterRole", "", "raven-node-shared-reads"),
+            ("ClusterRoleBinding", "", "raven-node-shared-reads"),
             ("Role", NAMESPACE, "raven-agent-leases"),
             ("RoleBinding", NAMESPACE, "raven-agent-leases"),
             ("Role", EVENTS.namespace, "raven-agent-events"),
