@@ -257,7 +257,7 @@ def measure(
         "modes": {},
     }
     for mode in modes:
-        log(f"{mode}: the cache-proxies restart into {mode}-level reuse")
+        log(f"{mode}: every cache-proxy restarts into the {mode} mode")
         pre_mode, t0 = read_counters(lab), time.monotonic()
         _proxies_in(lab, st, state_dir, mode)
         time.sleep(RESYNC_S)
