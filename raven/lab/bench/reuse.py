@@ -7,24 +7,25 @@ seeds ``services`` Services with their EndpointSlices (:mod:`raven.lab.churn`), 
 the bytes crossing each edge pool's NAT router to and from the API server (two iptables rules
 in the router's FORWARD path, read before and after each window). In one run:
 
-1. **rest**: churn for ``churn_seconds`` without the stand-ins, the cache-proxies without
-   shared copies (``--share none``): what the pool's agents, kubelets and heartbeats cost the
-   uplink anyway;
-2. **sync**: the kube-proxy and CoreDNS stand-ins start on every node and list everything;
-3. **a window per mode**: every node's cache-proxy restarts into the mode (its clients watch
+1. **sync**: the kube-proxy and CoreDNS stand-ins start on every node and list everything;
+2. **a window per mode**: every node's cache-proxy restarts into the mode (its clients watch
    again; what that costs is ``resync_bytes``), then the same churn for ``churn_seconds``.
    ``direct``: every component of every node lists and watches the API server through its
    own node's cache-proxy, no reuse (``--share none``). ``node``: node-level reuse, one
    upstream list+watch of Services and of EndpointSlices per node, every component answered
    from it (the proxy's default). The pool-scope traffic is the window's bytes minus the
-   rest's. Every EndpointSlice write is matched with its arrival at every stand-in that
+   rest's (3). Every EndpointSlice write is matched with its arrival at every stand-in that
    selects it: p50 and p99 of each delivery and of the time until the last node had it, and
    what never arrived; then every stand-in's copy is compared with the API server's, object
    by object; and the cache-proxies' CPU (over the window) and resident memory (at its end).
+   ``pool``: node- and pool-level reuse, the pool gateway's cache-proxy the only one of its
+   pool reading the API server, the others reading its pool feed;
+3. **rest**, last, when the lab has long settled (measured first, it carried the lab's own
+   start-up: 23 agents listing, the heartbeats learning their pools): the stand-ins stop, the
+   proxies restart without shared copies, and the same churn shows what the pool's agents,
+   kubelets and heartbeats cost the uplink anyway.
 
-``pool``: node- and pool-level reuse, the pool gateway's cache-proxy the only one of its pool
-reading the API server, the others reading its pool feed. ``--modes direct,node,pool`` names the
-modes to measure, in that order.
+``--modes direct,node,pool`` names the modes to measure, in that order.
 """
 
 from __future__ import annotations
@@ -223,19 +224,11 @@ def measure(
     edge = {r.pool: [n.name for n in lab.nodes if n.pool == r.pool] for r in lab.routers}
     everyone = [n.name for n in lab.nodes]
     install_counters(lab)
-    # The rest is what the uplink carries without any reader of Services and EndpointSlices:
-    # proxies without shared copies.
     _proxies_in(lab, st, state_dir, "direct")
     churn = Churn(_admin(state_dir), nodes=everyone)
     plan = ChurnPlan(services=services, seed=seed_value)
     log(f"seeding {services} Services")
     seed(state_dir, churn, plan)
-
-    log(f"rest: {churn_seconds:.0f} s of churn without stand-ins")
-    before, t0 = read_counters(lab), time.monotonic()
-    churn_window(state_dir, churn, plan, rate, churn_seconds)
-    after, rest_s = read_counters(lab), time.monotonic() - t0
-    rest = {p: uplink(before[p], after[p], rest_s, len(edge[p])) for p in edge}
 
     log("sync: starting kube-proxy and CoreDNS stand-ins on every node")
     pre_sync, t0 = read_counters(lab), time.monotonic()
@@ -295,15 +288,11 @@ def measure(
         pools: dict[str, Any] = {}
         for pool, names in edge.items():
             total = uplink(before[pool], after[pool], window_s, len(names))
-            scope = total["bytes_per_min"] - rest[pool]["bytes_per_min"]
             samples = [(cpu0.get(n), cpu1.get(n)) for n in names]
             cpu = [(b.cpu_s - a.cpu_s) / window_s * 1000 for a, b in samples if a and b]
             rss = [b.rss_kib / 1024 for _, b in samples if b]
             pools[pool] = {
                 **total,
-                "rest_bytes_per_min": rest[pool]["bytes_per_min"],
-                "pool_scope_bytes_per_min": round(scope, 1),
-                "pool_scope_bytes_per_node_per_min": round(scope / len(names), 1),
                 "sync_bytes": sum(synced[pool].values()) - sum(pre_sync[pool].values()),
                 "resync_bytes": sum(resynced[pool].values()) - sum(pre_mode[pool].values()),
                 "proxy_cpu_millicores_max": round(max(cpu), 1) if cpu else None,
@@ -322,6 +311,24 @@ def measure(
             "latency": got.summary(),
             "diverged": compare(state_dir, dumps),
         }
+
+    # The rest, last, once the lab has long settled: what the uplink carries without any reader
+    # of Services and EndpointSlices (no stand-ins, proxies without shared copies).
+    log(f"rest: {churn_seconds:.0f} s of churn without stand-ins")
+    control.stop_all(st, everyone)
+    _proxies_in(lab, st, state_dir, "direct")
+    time.sleep(RESYNC_S)
+    before, t0 = read_counters(lab), time.monotonic()
+    churn_window(state_dir, churn, plan, rate, churn_seconds)
+    after, rest_s = read_counters(lab), time.monotonic() - t0
+    for pool, names in edge.items():
+        rest = uplink(before[pool], after[pool], rest_s, len(names))["bytes_per_min"]
+        for m in figures["modes"].values():
+            p = m["pools"][pool]
+            scope = p["bytes_per_min"] - rest
+            p["rest_bytes_per_min"] = rest
+            p["pool_scope_bytes_per_min"] = round(scope, 1)
+            p["pool_scope_bytes_per_node_per_min"] = round(scope / len(names), 1)
     figures["versus_direct"] = versus_direct(figures["modes"])
     return figures
 
