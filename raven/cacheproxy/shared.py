@@ -213,7 +213,10 @@ class SharedReads:
             marked = pos
             while not self.stopping.is_set() and cache.epoch == epoch:
                 wake = reflector.changed
-                news = cache.since(pos, selection)
+                # What the copy holds now, read at once: the reflector may apply more while
+                # this client is written to, and those must come in the next turn, not be
+                # skipped by moving past them.
+                upto, news = cache.rv, cache.since(pos, selection)
                 if not isinstance(news, list):  # TOO_OLD
                     await self._write(resp, expired(pos, cache.floor))
                     break
@@ -221,7 +224,7 @@ class SharedReads:
                     await self._write(resp, b"".join(_line(t, o.body) for t, o in news))
                     last_sent = loop.time()
                     marked = news[-1][1].rv
-                pos = max(pos, cache.rv)
+                pos = max(pos, upto)
                 now = loop.time()
                 if read.bookmarks and pos > marked and now - last_sent >= BOOKMARK_EVERY:
                     await self._write(resp, bookmark(read.resource, pos))
