@@ -77,3 +77,6 @@ def test_direct_mode_counts_bytes_per_node_and_times_every_delivery(tmp_path_fac
               f"{whole:.2f} pool-level")  # fmt: skip
         assert node is not None and node < 0.75, (pool, versus)
         assert whole is not None and whole <= 1 / n, (pool, versus)
+        # ... with every node but the gateway on its feed at the window's end.
+        assert figures["modes"]["pool"]["pools"][pool]["reading_a_feed"] == n - 1, pool
+        assert figures["modes"]["node"]["pools"][pool]["reading_a_feed"] == 0, pool

@@ -160,6 +160,22 @@ def _proxy_pids(st: LabState, nodes: list[str]) -> dict[str, int]:
             if st.processes(proxies.ROLE, n)}  # fmt: skip
 
 
+def proxy_routes(ns: str) -> tuple[bool, int]:
+    """Of the cache-proxy in namespace ``ns``: whether its shared copies read a pool feed now,
+    and its source switches since it started (from its /metrics; (False, 0) if it says none)."""
+    try:
+        text = netns.run_in(ns, ["curl", "-sk", "--max-time", "5", f"{proxies.PROXY_URL}/metrics"])
+    except netns.LabNetError:
+        return False, 0
+    feed, switches = False, 0
+    for line in text.splitlines():
+        if line.startswith("raven_cacheproxy_shared_source{") and line.endswith(" 1.0"):
+            feed = feed or 'gateway=""' not in line
+        elif line.startswith("raven_cacheproxy_pool_source_switches "):
+            switches = int(float(line.split()[-1]))
+    return feed, switches
+
+
 def _proxies_in(lab: Lab, st: LabState, state_dir: Path, mode: str) -> None:
     """Every node's cache-proxy restarted with the ``--share`` of ``mode``."""
     share, pool = SHARE[mode]
@@ -260,10 +276,12 @@ def measure(
         pids = _proxy_pids(st, everyone)
         cpu0 = {n: resources.read(p) for n, p in pids.items()}
         first_write = len(churn.writes)
+        routes0 = {n.name: proxy_routes(n.netns) for n in lab.nodes}
         before, t0, wall0 = read_counters(lab), time.monotonic(), time.time()
         ops = churn_window(state_dir, churn, plan, rate, churn_seconds)
         after, window_s = read_counters(lab), time.monotonic() - t0
         cpu1 = {n: resources.read(p) for n, p in pids.items()}
+        routes1 = {n.name: proxy_routes(n.netns) for n in lab.nodes}
         time.sleep(SETTLE_S)
         dumps = {
             f"{c}@{n}": control.dump(st, state_dir, c, n) for c in COMPONENTS for n in everyone
@@ -298,6 +316,10 @@ def measure(
                 "proxy_cpu_millicores_max": round(max(cpu), 1) if cpu else None,
                 "proxy_cpu_millicores_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
                 "proxy_rss_mib_max": round(max(rss), 1) if rss else None,
+                # Where the nodes' shared copies read from at the window's end, and how often
+                # they moved during it (pool mode: every member on its gateway's feed, 0).
+                "reading_a_feed": sum(1 for n in names if routes1[n][0]),
+                "source_switches": sum(routes1[n][1] - routes0[n][1] for n in names),
             }
         figures["modes"][mode] = {
             "window_seconds": round(window_s, 1),
@@ -445,7 +467,7 @@ def render(figures: dict[str, Any]) -> str:
         lines.append(
             f"{'pool':<8} {'nodes':>5} {'total B/min':>12} {'rest B/min':>11} "
             f"{'pool-scope B/min':>17} {'per node':>9} {'sync B':>9} {'resync B':>9} "
-            f"{'proxy m':>8} {'MiB':>6}"
+            f"{'proxy m':>8} {'MiB':>6} {'feed':>5} {'moves':>5}"
         )
         for pool, p in m["pools"].items():
             lines.append(
@@ -453,7 +475,8 @@ def render(figures: dict[str, Any]) -> str:
                 f"{p['rest_bytes_per_min']:>11,.0f} {p['pool_scope_bytes_per_min']:>17,.0f} "
                 f"{p['pool_scope_bytes_per_node_per_min']:>9,.0f} {p['sync_bytes'] or 0:>9,} "
                 f"{p['resync_bytes'] or 0:>9,} "
-                f"{p['proxy_cpu_millicores_max'] or 0:>8} {p['proxy_rss_mib_max'] or 0:>6}"
+                f"{p['proxy_cpu_millicores_max'] or 0:>8} {p['proxy_rss_mib_max'] or 0:>6} "
+                f"{p.get('reading_a_feed', 0):>5} {p.get('source_switches', 0):>5}"
             )
         lines.append(
             f"EndpointSlice change -> stand-in: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
