@@ -169,15 +169,25 @@ class WatchStream:
                     if not alive():
                         return
                     wait = min(wait, ALIVE_POLL)
-                try:
-                    event = await asyncio.wait_for(self._queue.get(), wait)
-                except TimeoutError:
-                    if self._bookmark is not None and loop.time() >= next_bookmark:
-                        # The queue is empty, so every write up to the store's version was seen.
-                        self._last = max(self._last, self._store.rv)
-                        yield ("BOOKMARK", self._bookmark(self._last))
-                        next_bookmark = loop.time() + bookmark_interval
-                    continue
+                if self._queue.empty():
+                    try:
+                        if wait <= 0:  # wait_for(get(), 0) times out even with an event queued
+                            raise TimeoutError
+                        event = await asyncio.wait_for(self._queue.get(), wait)
+                    except TimeoutError:
+                        if (
+                            self._bookmark is not None
+                            and loop.time() >= next_bookmark
+                            and self._queue.empty()
+                        ):
+                            # Nothing is queued, so every write up to the store's version was
+                            # seen: a bookmark never runs ahead of an event still to be sent.
+                            self._last = max(self._last, self._store.rv)
+                            yield ("BOOKMARK", self._bookmark(self._last))
+                            next_bookmark = loop.time() + bookmark_interval
+                        continue
+                else:
+                    event = self._queue.get_nowait()
                 if event is None:
                     return
                 self._queued_bytes -= event.size
