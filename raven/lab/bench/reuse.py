@@ -65,6 +65,9 @@ from raven.lab.topology import Lab
 MODES = ("direct", "node", "pool")
 SETTLE_S = 3.0  # after a churn window, for the last events to arrive
 RESYNC_S = 5.0  # after the proxies restart into a mode, for every client to watch again
+# ... and in pool mode at most this long more, until every member reads its gateway's feed (a
+# member that asked before its gateway was in sync reads the API server for a few seconds).
+SETTLE_POOL_S = 60.0
 # The cache-proxies' --share in each mode, and whether pool-level reuse is on (the rest window
 # runs with none).
 SHARE = {"direct": ("none", False), "node": ("", False), "pool": ("", True)}
@@ -176,6 +179,24 @@ def proxy_routes(ns: str) -> tuple[bool, int]:
     return feed, switches
 
 
+def settle_pools(lab: Lab, deadline: float) -> bool:
+    """Wait until, in every pool, all nodes but one read a pool feed; False after ``deadline``
+    seconds (the window is measured anyway, and says how many did)."""
+    pools: dict[str, list[str]] = {}
+    for n in lab.nodes:
+        pools.setdefault(n.pool, []).append(n.netns)
+    end = time.monotonic() + deadline
+    while True:
+        if all(
+            sum(1 for ns in spaces if proxy_routes(ns)[0]) == len(spaces) - 1
+            for spaces in pools.values()
+        ):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.5)
+
+
 def _proxies_in(lab: Lab, st: LabState, state_dir: Path, mode: str) -> None:
     """Every node's cache-proxy restarted with the ``--share`` of ``mode``."""
     share, pool = SHARE[mode]
@@ -270,6 +291,9 @@ def measure(
         pre_mode, t0 = read_counters(lab), time.monotonic()
         _proxies_in(lab, st, state_dir, mode)
         time.sleep(RESYNC_S)
+        if mode == "pool":
+            settled = settle_pools(lab, SETTLE_POOL_S)
+            log(f"pool: every member on its gateway's feed: {'yes' if settled else 'NOT'}")
         resynced = read_counters(lab)
         resync_s = time.monotonic() - t0
         log(f"{mode}: {churn_seconds:.0f} s of churn with the stand-ins")
