@@ -40,8 +40,11 @@ lab: setup
 lab-down: setup
 	$(VENV)/bin/raven lab down
 
+# The unit tests run in two workers (pytest-xdist): each is in-process and on loopback ports of
+# its own. The docker, lab and namespace tests share one host-wide lab and run one at a time.
 test: lint docker-setup
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 tests/unit
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/docker tests/lab tests/netns
 
 test-unit: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit

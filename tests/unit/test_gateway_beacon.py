@@ -41,20 +41,22 @@ def test_a_genuine_beacon_is_heard_with_its_time() -> None:
     assert r.fit_at == {"a1": 10.0}
 
 
+NOT_GENUINE = [
+    (
+        "forged: made with another node's key",
+        encode(Beacon("edge-a", "a1", 5, True), pair_key(PRIVATE["a3"], KEY["a2"])),
+        IP["a1"],
+    ),
+    ("from another address than the sender's InternalIP", sent(5), "192.168.1.99"),
+    ("for another pool", sent(5, pool="edge-b"), IP["a1"]),
+    ("addressed to another candidate", sent(5, to="a3"), IP["a1"]),
+    ("truncated", sent(5)[:-3], IP["a1"]),
+    ("garbage", b"RVB1" + bytes(40), IP["a1"]),
+]
+
+
 @pytest.mark.parametrize(
-    ("what", "data", "source"),
-    [
-        (
-            "forged: made with another node's key",
-            encode(Beacon("edge-a", "a1", 5, True), pair_key(PRIVATE["a3"], KEY["a2"])),
-            IP["a1"],
-        ),
-        ("from another address than the sender's InternalIP", sent(5), "192.168.1.99"),
-        ("for another pool", sent(5, pool="edge-b"), IP["a1"]),
-        ("addressed to another candidate", sent(5, to="a3"), IP["a1"]),
-        ("truncated", sent(5)[:-3], IP["a1"]),
-        ("garbage", b"RVB1" + bytes(40), IP["a1"]),
-    ],
+    ("what", "data", "source"), NOT_GENUINE, ids=[case[0] for case in NOT_GENUINE]
 )
 def test_a_beacon_that_is_not_genuine_is_dropped(what: str, data: bytes, source: str) -> None:
     r = receiver()
