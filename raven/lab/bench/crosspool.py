@@ -548,10 +548,15 @@ class HandChain:
                     proc.wait()
             # the socket is named for our interface and its owner is gone
             (WG_RUN_DIR / f"{name}.sock").unlink(missing_ok=True)
-        for ns in reversed(self.namespaces):
+        # Every namespace of the chain's own prefix is ours (making one that already exists is
+        # refused), also one an interrupted `ip netns add` left behind unrecorded or half-made.
+        ours = set(self.namespaces)
+        if Path("/run/netns").is_dir():
+            ours |= {n for n in os.listdir("/run/netns") if n.startswith(f"{self.prefix}-")}
+        for ns in sorted(ours, key=lambda n: (n not in self.namespaces, n), reverse=True):
             if Path("/run/netns", ns).exists():
                 res = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
-                if res.returncode != 0:
+                if res.returncode != 0 and Path("/run/netns", ns).exists():
                     problems.append(f"ip netns del {ns}: {res.stderr.strip()}")
         if self.keydir is not None:
             shutil.rmtree(self.keydir, ignore_errors=True)
