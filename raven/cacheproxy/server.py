@@ -577,20 +577,8 @@ class CacheProxy:
         if not ok:
             self.m_feed_refused.labels("not-ready").inc()
             return status_body(503, "ServiceUnavailable", f"the pool feed is not ready: {why}")
-        pairs = list(request.query.items())
-        query: dict[str, list[str]] = {}
-        for k, v in pairs:
-            query.setdefault(k, []).append(v)
-        info = request_info(request.method, request.path, query)
-        group, version = path_group_version(request.path)
-        read = shared_read(
-            info,
-            pairs,
-            request.headers.get("Accept", ""),
-            self.config.share,
-            group=group,
-            version=version,
-        )
+        pairs, info = self._request_info(request)
+        read = self._shared_read(request, info, pairs)
         if read is None:
             return status_body(
                 400,
@@ -611,13 +599,32 @@ class CacheProxy:
         self.node.context()  # the subject of a rotated certificate, before comparing
         return judge(peer, self.node.subject), peer
 
-    def shape(self, request: web.Request, peer: Subject | None = None) -> Shape:
-        """``peer``: the subject of the node's own certificate when the client showed it."""
-        query: dict[str, list[str]] = {}
+    @staticmethod
+    def _request_info(request: web.Request) -> tuple[list[tuple[str, str]], RequestInfo]:
+        """The query's pairs in order, and the request as the API server reads it."""
         pairs = list(request.query.items())
+        query: dict[str, list[str]] = {}
         for k, v in pairs:
             query.setdefault(k, []).append(v)
-        info = request_info(request.method, request.path, query)
+        return pairs, request_info(request.method, request.path, query)
+
+    def _shared_read(
+        self, request: web.Request, info: RequestInfo, pairs: list[tuple[str, str]]
+    ) -> SharedRead | None:
+        """The read the shared copies answer, if ``request`` is one (sharing.py)."""
+        group, version = path_group_version(request.path)
+        return shared_read(
+            info,
+            pairs,
+            request.headers.get("Accept", ""),
+            self.config.share,
+            group=group,
+            version=version,
+        )
+
+    def shape(self, request: web.Request, peer: Subject | None = None) -> Shape:
+        """``peer``: the subject of the node's own certificate when the client showed it."""
+        pairs, info = self._request_info(request)
         cred = credential(request.headers.get("Authorization"))
         upstream_ssl = None
         if peer is not None and self.node is not None:
@@ -643,15 +650,7 @@ class CacheProxy:
             )
         shared = None
         if self.shared is not None and request.method == "GET":
-            group, version = path_group_version(request.path)
-            shared = shared_read(
-                info,
-                pairs,
-                request.headers.get("Accept", ""),
-                self.config.share,
-                group=group,
-                version=version,
-            )
+            shared = self._shared_read(request, info, pairs)
         return Shape(info, cred, read, watch, upstream_ssl, shared)
 
     def state(self, shape: Shape, healthy: bool) -> State:
